@@ -1,0 +1,1 @@
+"""edgeslim.convert: Hugging Face / GGUF models in, edgeslim GGUF out (uses torch)."""

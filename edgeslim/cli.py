@@ -1,0 +1,63 @@
+"""The `edgeslim` command: one dispatcher that imports each subcommand lazily.
+
+Each subcommand module has `add_args(parser)` and `run(args) -> int`.
+User errors (EdgeslimError) print one line `edgeslim: ...` and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import EdgeslimError
+
+COMMANDS = {
+    "convert": ("edgeslim.convert.cli", "convert a Hugging Face model or F16/F32 GGUF to an edgeslim GGUF"),
+    "inspect": ("edgeslim.inspect", "list a GGUF file's tensors, types, sizes and edgeslim metadata"),
+    "generate": ("edgeslim.runtime.cli_generate", "generate text from a prompt"),
+    "chat": ("edgeslim.runtime.cli_chat", "chat with a model in the terminal"),
+    "eval": ("edgeslim.runtime.cli_eval", "perplexity on a text file (llama-perplexity's windows)"),
+}
+
+
+def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
+    parser = argparse.ArgumentParser(prog="edgeslim", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+    module = None
+    for name, (modname, help_text) in COMMANDS.items():
+        sub = subs.add_parser(name, help=help_text, description=help_text)
+        if argv and argv[0] == name:  # import only the command being run
+            module = importlib.import_module(modname)
+            module.add_args(sub)
+    return parser, module
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"edgeslim {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        parser, module = build_parser(argv)
+        args = parser.parse_args(argv)
+        if module is None:
+            parser.print_help()
+            return 0 if not argv else 2
+        return int(module.run(args) or 0)
+    except EdgeslimError as err:
+        print(f"edgeslim: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgeslim: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("edgeslim: out of memory; use a smaller model, a smaller --ctx, or a lower-bit type", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Every format fact in one place: GGUF keys, tensor names, quant type geometry.
+
+Nothing else in the project spells a GGUF key, a ggml type id or a block size.
+Quant types use ggml's names where they are ggml's (Q4_K, Q8_0); the affine
+family (MLX's layout) is ours and is named AFFINE{bits}_G{group}.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+
+GGUF_MAGIC = 0x46554747  # b"GGUF" little-endian
+GGUF_VERSION = 3
+GGUF_DEFAULT_ALIGNMENT = 32
+QK_K = 256  # super-block size of the k-quants
+
+
+class GGMLType(IntEnum):
+    """ggml tensor type ids as they appear in a GGUF tensor-info record."""
+
+    F32 = 0
+    F16 = 1
+    Q4_0 = 2
+    Q4_1 = 3
+    Q5_0 = 6
+    Q5_1 = 7
+    Q8_0 = 8
+    Q8_1 = 9
+    Q2_K = 10
+    Q3_K = 11
+    Q4_K = 12
+    Q5_K = 13
+    Q6_K = 14
+    Q8_K = 15
+    I8 = 24
+    I16 = 25
+    I32 = 26
+    I64 = 27
+    F64 = 28
+    BF16 = 30
+
+
+@dataclass(frozen=True)
+class QuantInfo:
+    """Geometry of one storage type: `block` weights take `block_bytes` bytes."""
+
+    name: str
+    block: int
+    block_bytes: int
+    family: str  # "float" | "ggml" | "affine" | "int"
+    bits: int  # nominal code bits (16 for F16, 32 for F32)
+
+    @property
+    def bpw(self) -> float:
+        """Bits per weight including scales."""
+        return 8.0 * self.block_bytes / self.block
+
+    def nbytes(self, n_elements: int) -> int:
+        if n_elements % self.block:
+            raise ValueError(f"{n_elements} elements is not a multiple of {self.name}'s block of {self.block}")
+        return n_elements // self.block * self.block_bytes
+
+
+# ggml storage types: (block size, bytes per block), as in ggml's type traits.
+GGML_INFO: dict[GGMLType, QuantInfo] = {
+    GGMLType.F32: QuantInfo("F32", 1, 4, "float", 32),
+    GGMLType.F16: QuantInfo("F16", 1, 2, "float", 16),
+    GGMLType.BF16: QuantInfo("BF16", 1, 2, "float", 16),
+    GGMLType.Q4_0: QuantInfo("Q4_0", 32, 18, "ggml", 4),
+    GGMLType.Q4_1: QuantInfo("Q4_1", 32, 20, "ggml", 4),
+    GGMLType.Q5_0: QuantInfo("Q5_0", 32, 22, "ggml", 5),
+    GGMLType.Q5_1: QuantInfo("Q5_1", 32, 24, "ggml", 5),
+    GGMLType.Q8_0: QuantInfo("Q8_0", 32, 34, "ggml", 8),
+    GGMLType.Q2_K: QuantInfo("Q2_K", QK_K, 84, "ggml", 2),
+    GGMLType.Q3_K: QuantInfo("Q3_K", QK_K, 110, "ggml", 3),
+    GGMLType.Q4_K: QuantInfo("Q4_K", QK_K, 144, "ggml", 4),
+    GGMLType.Q5_K: QuantInfo("Q5_K", QK_K, 176, "ggml", 5),
+    GGMLType.Q6_K: QuantInfo("Q6_K", QK_K, 210, "ggml", 6),
+    GGMLType.Q8_K: QuantInfo("Q8_K", QK_K, 292, "ggml", 8),
+    GGMLType.I8: QuantInfo("I8", 1, 1, "int", 8),
+    GGMLType.I16: QuantInfo("I16", 1, 2, "int", 16),
+    GGMLType.I32: QuantInfo("I32", 1, 4, "int", 32),
+    GGMLType.I64: QuantInfo("I64", 1, 8, "int", 64),
+    GGMLType.F64: QuantInfo("F64", 1, 8, "float", 64),
+}
+
+# Types our converter writes in the ggml family (all have numpy references).
+GGML_WRITABLE = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K")
+
+# ---------------------------------------------------------------------------
+# Affine family: MLX's `mx.quantize` layout, stored in GGUF as three legal
+# tensors per weight (see edgeslim/quants/affine.py for the bit drawing):
+#   NAME            I32  (rows, cols * bits / 32)  packed codes (uint32 bit pattern)
+#   NAME.scales     F16  (rows, cols / group)
+#   NAME.biases     F16  (rows, cols / group)
+# plus the metadata key AFFINE_KEY.format(name=NAME) = [bits, group].
+# ---------------------------------------------------------------------------
+AFFINE_BITS = (2, 3, 4, 5, 6, 8)
+AFFINE_GROUPS = (32, 64)
+AFFINE_SCALES_SUFFIX = ".scales"
+AFFINE_BIASES_SUFFIX = ".biases"
+
+
+def affine_info(bits: int, group: int) -> QuantInfo:
+    """Storage of the affine type: codes + one f16 scale and one f16 bias per group."""
+    if bits not in AFFINE_BITS or group not in AFFINE_GROUPS:
+        raise ValueError(f"affine type needs bits in {AFFINE_BITS} and group in {AFFINE_GROUPS}, got {bits}/{group}")
+    return QuantInfo(f"AFFINE{bits}_G{group}", group, group * bits // 8 + 4, "affine", bits)
+
+
+def affine_name(bits: int, group: int) -> str:
+    return f"AFFINE{bits}_G{group}"
+
+
+_AFFINE_RE = re.compile(r"^AFFINE(\d)_G(\d+)$")
+
+
+def parse_affine(name: str) -> tuple[int, int] | None:
+    """'AFFINE4_G64' -> (4, 64); anything else -> None."""
+    m = _AFFINE_RE.match(name.upper())
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def quant_info(name: str) -> QuantInfo:
+    """Look a storage type up by its name (ggml or affine); a clear error otherwise."""
+    key = name.upper()
+    if key in GGMLType.__members__:
+        return GGML_INFO[GGMLType[key]]
+    aff = parse_affine(key)
+    if aff:
+        return affine_info(*aff)
+    known = ", ".join(GGML_WRITABLE) + ", AFFINE{2,3,4,5,6,8}_G{32,64}"
+    raise ValueError(f"unknown quant type {name!r}: use one of {known}")
+
+
+# ---------------------------------------------------------------------------
+# GGUF metadata keys (llama.cpp's standard ones, then ours under edgeslim.*).
+# ---------------------------------------------------------------------------
+class Keys:
+    ARCH = "general.architecture"
+    NAME = "general.name"
+    ALIGNMENT = "general.alignment"
+    FILE_TYPE = "general.file_type"
+    QUANT_VERSION = "general.quantization_version"
+
+    # per-architecture keys: format with arch=..., e.g. Keys.CONTEXT.format(arch="llama")
+    CONTEXT = "{arch}.context_length"
+    EMBED = "{arch}.embedding_length"
+    FFN = "{arch}.feed_forward_length"
+    BLOCKS = "{arch}.block_count"
+    HEADS = "{arch}.attention.head_count"
+    HEADS_KV = "{arch}.attention.head_count_kv"
+    RMS_EPS = "{arch}.attention.layer_norm_rms_epsilon"
+    KEY_LENGTH = "{arch}.attention.key_length"
+    VALUE_LENGTH = "{arch}.attention.value_length"
+    ROPE_DIM = "{arch}.rope.dimension_count"
+    ROPE_BASE = "{arch}.rope.freq_base"
+    ROPE_SCALING_TYPE = "{arch}.rope.scaling.type"
+    ROPE_SCALING_FACTOR = "{arch}.rope.scaling.factor"
+    ROPE_SCALING_ORIG_CTX = "{arch}.rope.scaling.original_context_length"
+    VOCAB_SIZE = "{arch}.vocab_size"
+    SLIDING_WINDOW = "{arch}.attention.sliding_window"
+
+    TOK_MODEL = "tokenizer.ggml.model"
+    TOK_PRE = "tokenizer.ggml.pre"
+    TOK_TOKENS = "tokenizer.ggml.tokens"
+    TOK_SCORES = "tokenizer.ggml.scores"
+    TOK_TYPES = "tokenizer.ggml.token_type"
+    TOK_MERGES = "tokenizer.ggml.merges"
+    TOK_BOS = "tokenizer.ggml.bos_token_id"
+    TOK_EOS = "tokenizer.ggml.eos_token_id"
+    TOK_UNK = "tokenizer.ggml.unknown_token_id"
+    TOK_PAD = "tokenizer.ggml.padding_token_id"
+    TOK_EOT = "tokenizer.ggml.eot_token_id"
+    TOK_ADD_BOS = "tokenizer.ggml.add_bos_token"
+    TOK_ADD_EOS = "tokenizer.ggml.add_eos_token"
+    TOK_ADD_SPACE_PREFIX = "tokenizer.ggml.add_space_prefix"
+    CHAT_TEMPLATE = "tokenizer.chat_template"
+
+    ES_VERSION = "edgeslim.version"
+    ES_SOURCE = "edgeslim.source"
+    ES_TARGET = "edgeslim.target"
+    ES_FAMILY = "edgeslim.family"
+    ES_CHOICES = "edgeslim.tensor_types"  # JSON: {tensor name: type name}
+    ES_REPORT = "edgeslim.report"  # JSON: fit / quality report
+    ES_CHECKSUM = "edgeslim.checksum"  # sha256 over tensor data, hex
+    AFFINE = "edgeslim.affine.{name}"  # [bits, group] for an affine tensor
+
+
+# llama.cpp token types (tokenizer.ggml.token_type)
+class TokenType(IntEnum):
+    NORMAL = 1
+    UNKNOWN = 2
+    CONTROL = 3
+    USER_DEFINED = 4
+    UNUSED = 5
+    BYTE = 6
+
+
+# ---------------------------------------------------------------------------
+# GGUF tensor names (the runtime uses these end to end; HF names live in convert/).
+# ---------------------------------------------------------------------------
+class TensorNames:
+    TOKEN_EMBD = "token_embd.weight"
+    OUTPUT_NORM = "output_norm.weight"
+    OUTPUT = "output.weight"
+    ATTN_NORM = "blk.{bid}.attn_norm.weight"
+    ATTN_Q = "blk.{bid}.attn_q.weight"
+    ATTN_K = "blk.{bid}.attn_k.weight"
+    ATTN_V = "blk.{bid}.attn_v.weight"
+    ATTN_Q_BIAS = "blk.{bid}.attn_q.bias"
+    ATTN_K_BIAS = "blk.{bid}.attn_k.bias"
+    ATTN_V_BIAS = "blk.{bid}.attn_v.bias"
+    ATTN_OUT = "blk.{bid}.attn_output.weight"
+    FFN_NORM = "blk.{bid}.ffn_norm.weight"
+    FFN_GATE = "blk.{bid}.ffn_gate.weight"
+    FFN_UP = "blk.{bid}.ffn_up.weight"
+    FFN_DOWN = "blk.{bid}.ffn_down.weight"
+    ROPE_FREQS = "rope_freqs.weight"
+
+
+# Tensors that are always kept in float (norms, biases, rope tables): 1-D tensors.
+def is_quantizable(name: str, n_dims: int) -> bool:
+    """Only 2-D weight matrices are quantized; norms, biases and tables stay float."""
+    return n_dims == 2 and name.endswith(".weight") and not name.startswith("rope_freqs")
+
+
+# llama.cpp's general.file_type values (LLAMA_FTYPE_*) for the uniform choices.
+FILE_TYPE = {
+    "F32": 0, "F16": 1, "Q8_0": 7, "Q2_K": 10, "Q3_K": 12, "Q4_K": 15,
+    "Q5_K": 17, "Q6_K": 18, "BF16": 32,
+}

@@ -1,0 +1,1 @@
+"""edgeslim.runtime: run GGUF models with numpy/numba (CPU) or MLX; never imports torch."""

@@ -173,6 +173,7 @@ class Keys:
     TOK_UNK = "tokenizer.ggml.unknown_token_id"
     TOK_PAD = "tokenizer.ggml.padding_token_id"
     TOK_EOT = "tokenizer.ggml.eot_token_id"
+    TOK_EOM = "tokenizer.ggml.eom_token_id"
     TOK_ADD_BOS = "tokenizer.ggml.add_bos_token"
     TOK_ADD_EOS = "tokenizer.ggml.add_eos_token"
     TOK_ADD_SPACE_PREFIX = "tokenizer.ggml.add_space_prefix"

@@ -1,0 +1,60 @@
+"""Q8_0: 32 weights per 34-byte block, byte-identical to ggml's quantize_row_q8_0_ref.
+
+    byte   0      1      2      3           33
+         +------+------+------+------+ ... +------+
+         |  d (fp16)   | q[0] | q[1] |     | q[31]|     q[i]: int8
+         +------+------+------+------+ ... +------+
+
+    w[i] = d * q[i]
+
+ggml's rule (no importance): d = amax/127 in float32, q = roundf(x * (1/d)),
+and d is stored rounded to fp16.  With an importance vector ggml ignores it; we
+start from ggml's codes and keep a weighted least-squares refit of d (and the
+codes re-rounded to it) only where it lowers the importance-weighted error, so
+the result is never worse than ggml's under that weighting.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import f16, fp16_bytes, fp16_from_bytes, round_away, safe_div, wsum
+
+BLOCK = 32
+
+
+def _ggml_codes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 32) -> d (B,) float32 unrounded, q (B, 32) float32 integral: ggml's reference rule."""
+    d = np.abs(x).max(axis=1) / np.float32(127)
+    inv = safe_div(np.float32(1), d).astype(np.float32)
+    return d, round_away(x * inv[:, None])
+
+
+def encode(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """(B, 32) float32 [, weights (B, 32)] -> (B, 34) uint8."""
+    d, q = _ggml_codes(x)
+    if w is not None:
+        d, q = _refine(x, w, f16(d), q)
+    out = np.empty((x.shape[0], 34), np.uint8)
+    out[:, :2] = fp16_bytes(d)
+    out[:, 2:] = q.astype(np.int8).view(np.uint8)
+    return out
+
+
+def _refine(x, w, d, q, n_iter=3):
+    """Weighted Lloyd steps (refit d, re-round q); keep per block whatever lowers the weighted error."""
+    best_err = wsum((x - d[:, None] * q) ** 2, w)
+    for _ in range(n_iter):
+        d_new = f16(safe_div(wsum(x * q, w), wsum(q * q, w)))
+        q_new = np.clip(np.rint(safe_div(x, d_new[:, None])), -128, 127)
+        err = wsum((x - d_new[:, None] * q_new) ** 2, w)
+        better = err < best_err
+        d = np.where(better, d_new, d)
+        q = np.where(better[:, None], q_new, q)
+        best_err = np.where(better, err, best_err)
+    return d, q
+
+
+def decode(raw: np.ndarray) -> np.ndarray:
+    """(B, 34) uint8 -> (B, 32) float32, as ggml/gguf-py compute it (q * d in float32)."""
+    d = fp16_from_bytes(raw[:, :2])
+    return raw[:, 2:].view(np.int8).astype(np.float32) * d

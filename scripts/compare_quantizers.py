@@ -1,0 +1,89 @@
+"""Print our quantizers' reconstruction error next to llama.cpp's on the same weights.
+
+    python scripts/compare_quantizers.py [--rows 256] [--cols 4096] [--stories PATH]
+
+Needs llama-cpp-python installed (its libggml-base is called through ctypes, see
+edgeslim/quants/ggml_ref.py) or EDGESLIM_GGML_LIB pointing at a libggml-base.
+Errors are relative RMS; with an importance vector both are importance-weighted.
+Also prints MLX's affine error next to ours when mlx is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgeslim import quants as Q
+from edgeslim.quants import ggml_ref
+
+K_TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K")
+DEFAULT_STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "models" / "stories260K" / "stories260K.bin"
+
+
+def rel_rms(w, wh, c):
+    return float(np.sqrt((c * (w - wh) ** 2).mean() / (c * w * w).mean()))
+
+
+def matrices(rows: int, cols: int, stories: Path) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    out = {"normal": rng.standard_normal((rows, cols)).astype(np.float32),
+           "student-t3": (rng.standard_t(3, (rows, cols)) * 0.02).astype(np.float32)}
+    if stories.is_file():  # llama2.c checkpoint: the token embedding, re-cut to rows of 256
+        head = np.fromfile(stories, dtype=np.int32, count=7)
+        n = int(head[0]) * int(head[5])
+        out["stories260K-embd"] = np.fromfile(stories, dtype=np.float32, offset=28, count=n).reshape(-1, 256)
+    return out
+
+
+def compare_ggml(mats):
+    print(f"{'weights':18s} {'type':6s} {'imatrix':7s} {'ours':>9s} {'llama.cpp':>9s} {'ratio':>7s} {'ours s':>7s} {'llama s':>7s}")
+    for name, w in mats.items():
+        imp = (np.random.default_rng(1).gamma(0.5, 2.0, w.shape[1]) + 1e-3).astype(np.float32)
+        for qtype in K_TYPES:
+            for im in (None, imp):
+                c = np.ones(w.shape[1], np.float32) if im is None else im
+                t0 = time.perf_counter()
+                ours = rel_rms(w, Q.dequantize(Q.quantize(w, qtype, im)), c)
+                t1 = time.perf_counter()
+                raw = ggml_ref.quantize(w, qtype, im)
+                t2 = time.perf_counter()
+                theirs = rel_rms(w, Q.dequantize_raw(raw, qtype, w.shape), c)
+                print(f"{name:18s} {qtype:6s} {'yes' if im is not None else 'no':7s} {ours:9.5f} {theirs:9.5f} "
+                      f"{ours / theirs:7.4f} {t1 - t0:7.2f} {t2 - t1:7.2f}")
+
+
+def compare_mlx(mats):
+    try:
+        import mlx.core as mx
+    except ImportError:
+        print("mlx not installed: affine comparison skipped")
+        return
+    print(f"\n{'weights':18s} {'type':13s} {'ours':>9s} {'mlx':>9s} {'ratio':>7s}")
+    for name, w in mats.items():
+        for bits in (2, 3, 4, 5, 6, 8):
+            for group in (32, 64):
+                qtype = f"AFFINE{bits}_G{group}"
+                ours = rel_rms(w, Q.dequantize(Q.quantize(w, qtype)), 1.0)
+                wq, s, b = mx.quantize(mx.array(w), group_size=group, bits=bits)
+                theirs = rel_rms(w, np.array(mx.dequantize(wq, s, b, group_size=group, bits=bits)), 1.0)
+                print(f"{name:18s} {qtype:13s} {ours:9.5f} {theirs:9.5f} {ours / theirs:7.4f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=256)
+    ap.add_argument("--cols", type=int, default=4096)
+    ap.add_argument("--stories", type=Path, default=DEFAULT_STORIES)
+    args = ap.parse_args()
+    mats = matrices(args.rows, args.cols, args.stories)
+    if ggml_ref.load() is None:
+        print("llama.cpp's ggml library not found (pip install llama-cpp-python): ggml comparison skipped")
+    else:
+        compare_ggml(mats)
+    compare_mlx(mats)
+
+
+if __name__ == "__main__":
+    main()

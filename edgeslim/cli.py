@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeslimError as err:
         print(f"edgeslim: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `edgeslim inspect f.gguf | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("edgeslim: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,92 @@
+"""Which storage type each tensor gets, and what the whole plan weighs (exact bytes).
+
+Only 2-D weight matrices take the chosen type; norms, biases and tables stay
+F32 (`tables.is_quantizable`). A matrix whose row length is not a multiple of
+the type's block gets `quants.fallback_type` (K-quant -> Q8_0 -> F16, affine
+G64 -> G32 -> F16), as llama.cpp does, and the plan records why.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgeslim.errors import InputError
+from edgeslim.quants import fallback_type
+from edgeslim.tables import GGML_WRITABLE, affine_name, is_quantizable, parse_affine, quant_info
+
+from .model import TensorSpec
+
+FAMILIES = ("ggml", "affine")
+DEFAULT_QUANT = "F16"
+
+
+@dataclass
+class Planned:
+    """One tensor's decision."""
+
+    spec: TensorSpec
+    qtype: str
+    fallback_from: str | None = None  # the requested type it could not take
+
+    @property
+    def nbytes(self) -> int:
+        return planned_bytes(self.spec.shape, self.qtype)
+
+    @property
+    def quantized(self) -> bool:
+        return self.qtype != "F32"
+
+
+def planned_bytes(shape: tuple[int, ...], qtype: str) -> int:
+    """Bytes a tensor takes in the file (affine: codes + scales + biases)."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return quant_info(qtype).nbytes(n)
+
+
+def family_of(qtype: str) -> str:
+    """'ggml' for ggml and float types, 'affine' for AFFINEb_Gg."""
+    return "affine" if parse_affine(qtype) else "ggml"
+
+
+def resolve_quant(quant: str | None, family: str | None) -> tuple[str | None, str]:
+    """Canonical type name (or None: let the target choose) and its family; one-line errors."""
+    if family is not None and family not in FAMILIES:
+        raise InputError(f"unknown --family {family!r}; use one of {', '.join(FAMILIES)}")
+    if quant is None:
+        return None, family or "ggml"
+    q = quant.strip().upper()
+    if q.isdigit() and family == "affine":  # "--family affine --quant 4"
+        q = affine_name(int(q), 64)
+    try:
+        name = quant_info(q).name
+    except ValueError:
+        name = None
+    if name is None or (name not in GGML_WRITABLE and not parse_affine(name)):
+        raise InputError(f"unknown --quant {quant!r}; use one of {', '.join(GGML_WRITABLE)} "
+                         "or AFFINE{2,3,4,5,6,8}_G{32,64}")
+    fam = family_of(name)
+    if family is not None and family != fam and name not in ("F32", "F16", "BF16"):
+        raise InputError(f"--quant {name} is a {fam} type but --family is {family}; drop one of them")
+    return name, family or fam
+
+
+def tensor_type(name: str, shape: tuple[int, ...], qtype: str) -> tuple[str, str | None]:
+    """(type for this tensor, the requested type if it had to fall back)."""
+    if not is_quantizable(name, len(shape)):
+        return "F32", None
+    chosen = fallback_type(qtype, int(shape[-1]))
+    return chosen, (qtype if chosen != qtype else None)
+
+
+def make_plan(specs: list[TensorSpec], qtype: str) -> list[Planned]:
+    out = []
+    for s in specs:
+        t, was = tensor_type(s.name, s.shape, qtype)
+        out.append(Planned(s, t, was))
+    return out
+
+
+def plan_bytes(specs: list[TensorSpec], qtype: str) -> int:
+    """Exact weight bytes if every matrix takes `qtype` (with fallbacks)."""
+    return sum(p.nbytes for p in make_plan(specs, qtype))

@@ -1,0 +1,164 @@
+"""`edgeslim inspect FILE [--json] [--verify]`: what is inside a GGUF file.
+
+Every tensor's name, shape, type, bits per weight and bytes, the totals, and the
+edgeslim metadata (the conversion report pretty-printed). An affine tensor (three
+GGUF tensors: packed codes, `.scales`, `.biases`) is shown as one logical
+tensor of type AFFINE{bits}_G{group}. Reads with the mmap reader only: no torch.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass
+
+from .gguf_file import GGUFFile
+from .tables import AFFINE_BIASES_SUFFIX, AFFINE_SCALES_SUFFIX, Keys, affine_name
+
+_JSON_KEYS = (Keys.ES_REPORT, Keys.ES_CHOICES)
+
+
+@dataclass
+class Row:
+    """One logical tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    type: str
+    bytes: int
+
+    @property
+    def n_elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def bpw(self) -> float:
+        return 8.0 * self.bytes / self.n_elements
+
+
+def tensor_rows(f: GGUFFile) -> list[Row]:
+    """Logical tensors in file order (affine triples merged)."""
+    rows = []
+    for t in f.tensors.values():
+        if t.name.endswith((AFFINE_SCALES_SUFFIX, AFFINE_BIASES_SUFFIX)) and _affine(f, _base(t.name)):
+            continue
+        aff = _affine(f, t.name)
+        if aff:
+            bits, group = aff
+            r, packed = t.shape[0], t.shape[-1]
+            extra = sum(f.tensors[t.name + s].nbytes for s in (AFFINE_SCALES_SUFFIX, AFFINE_BIASES_SUFFIX)
+                        if t.name + s in f.tensors)
+            rows.append(Row(t.name, (r, packed * 32 // bits), affine_name(bits, group), t.nbytes + extra))
+        else:
+            rows.append(Row(t.name, tuple(t.shape), t.type_name, t.nbytes))
+    return rows
+
+
+def _base(name: str) -> str:
+    for s in (AFFINE_SCALES_SUFFIX, AFFINE_BIASES_SUFFIX):
+        if name.endswith(s):
+            return name[: -len(s)]
+    return name
+
+
+def _affine(f: GGUFFile, name: str) -> tuple[int, int] | None:
+    v = f.kv.get(Keys.AFFINE.format(name=name))
+    return (int(v[0]), int(v[1])) if v is not None and len(v) == 2 else None
+
+
+def edgeslim_metadata(f: GGUFFile) -> dict:
+    """edgeslim.* keys (except per-tensor affine records), JSON values parsed."""
+    out = {}
+    affine_prefix = Keys.AFFINE.split("{")[0]
+    for key, value in f.kv.items():
+        if not key.startswith("edgeslim.") or key.startswith(affine_prefix):
+            continue
+        if key in _JSON_KEYS and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                value = value.strip()
+        out[key] = value.strip() if isinstance(value, str) else value
+    return out
+
+
+def verify_checksum(f: GGUFFile) -> bool | None:
+    """sha256 over every tensor's bytes in file order against `edgeslim.checksum` (None: no checksum)."""
+    want = f.kv.get(Keys.ES_CHECKSUM)
+    if not isinstance(want, str) or not want.strip():
+        return None
+    h = hashlib.sha256()
+    for name in f.tensors:
+        h.update(f.data(name))
+    return h.hexdigest() == want.strip()
+
+
+def inspect_file(path: str, verify: bool = False) -> dict:
+    """Everything `inspect` shows, as a JSON-ready dict."""
+    f = GGUFFile(path)
+    rows = tensor_rows(f)
+    n = sum(r.n_elements for r in rows)
+    nbytes = sum(r.bytes for r in rows)
+    info = {
+        "file": str(path),
+        "architecture": f.arch,
+        "name": f.kv.get(Keys.NAME),
+        "file_type": f.kv.get(Keys.FILE_TYPE),
+        "tokenizer": f.kv.get(Keys.TOK_MODEL),
+        "vocab_size": len(f.kv.get(Keys.TOK_TOKENS, []) or []),
+        "tensors": [dict(asdict(r), shape=list(r.shape), bpw=round(r.bpw, 4)) for r in rows],
+        "total": {"tensors": len(rows), "elements": n, "bytes": nbytes, "bpw": round(8.0 * nbytes / n, 4) if n else 0},
+        "edgeslim": edgeslim_metadata(f),
+    }
+    if verify:
+        info["checksum_ok"] = verify_checksum(f)
+    return info
+
+
+def format_text(info: dict) -> str:
+    lines = [f"{info['file']}: {info['architecture']} '{info['name']}', tokenizer {info['tokenizer']} "
+             f"({info['vocab_size']} tokens)"]
+    width = max([len(t["name"]) for t in info["tensors"]] + [4])
+    lines.append(f"{'name':<{width}}  {'shape':<16} {'type':<12} {'bpw':>7} {'bytes':>14}")
+    for t in info["tensors"]:
+        shape = "x".join(str(d) for d in t["shape"])
+        lines.append(f"{t['name']:<{width}}  {shape:<16} {t['type']:<12} {t['bpw']:>7.3f} {t['bytes']:>14,}")
+    tot = info["total"]
+    lines.append(f"total: {tot['tensors']} tensors, {tot['elements']:,} weights, {tot['bytes']:,} bytes "
+                 f"({tot['bytes'] / 2**20:.1f} MiB), {tot['bpw']:.3f} bits per weight")
+    if "checksum_ok" in info:
+        lines.append({True: "checksum: ok", False: "checksum: MISMATCH (the file is damaged)",
+                      None: "checksum: none stored"}[info["checksum_ok"]])
+    es = dict(info["edgeslim"])
+    if es:
+        es.pop(Keys.ES_CHOICES, None)  # the table above already shows every type
+        report = es.pop(Keys.ES_REPORT, None)
+        for key, value in es.items():
+            lines.append(f"{key}: {value}")
+        if report is not None:
+            lines.append(f"{Keys.ES_REPORT}:")
+            lines.append(json.dumps(report, indent=2) if not isinstance(report, str) else report)
+    return "\n".join(lines)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="GGUF file")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--verify", action="store_true", help="recompute the tensor-data checksum")
+    from .analyze_cmd import add_analyze_args
+
+    add_analyze_args(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "analyze", False):
+        from .analyze_cmd import run_analyze
+
+        return run_analyze(args)
+    info = inspect_file(args.file, verify=args.verify)
+    print(json.dumps(info, indent=2) if args.json else format_text(info), file=sys.stdout)
+    return 1 if info.get("checksum_ok") is False else 0

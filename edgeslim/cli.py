@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .errors import EdgeslimError
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgeslim: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `edgeslim inspect f.gguf | head`
-        sys.stderr.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit flush
         return 0
     except KeyboardInterrupt:
         print("edgeslim: interrupted", file=sys.stderr)

@@ -1,0 +1,131 @@
+"""The backend contract and the shared CPU forward pass.
+
+A backend turns a `ModelFile` into something that runs tokens:
+
+    backend = BackendClass(model_file, kv_dtype="float16")
+    cache = backend.new_cache(n_ctx)          # has .pos, .n_ctx, .free, .truncate(n), .reset()
+    logits = backend.forward(ids, cache, n_logits=1)   # (n_logits, n_vocab) float32, last rows
+    backend.name                              # "numpy" | "numba" | "mlx"
+
+`forward` appends `ids` (positions cache.pos ...) to the cache and returns the
+logits of the last `n_logits` of them. Everything above this (generation,
+sampling, perplexity, the API) only uses this contract, so a backend may run
+its whole forward on a GPU (MLX) and keep its own cache type.
+
+`CPUBackend` implements the forward once in numpy float32 (RMSNorm, RoPE, GQA
+attention, SwiGLU from `edgeslim.runtime.ops`); its subclasses only decide how
+a weight is held (`prepare`) and multiplied (`matmul`, `embed`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import InputError
+from ...tables import TensorNames
+from ..kv_cache import KVCache, kv_dtype_of
+from ..loader import ModelFile, WeightSource
+from ..ops import Rope, attention, rms_norm, swiglu
+
+
+class Backend:
+    """Abstract backend (see the module docstring for the contract)."""
+
+    name = "abstract"
+
+    def __init__(self, model: ModelFile, kv_dtype="float16"):
+        self.model, self.hp = model, model.hp
+        self.kv_dtype = kv_dtype_of(kv_dtype)
+
+    def new_cache(self, n_ctx: int):
+        """An empty cache for up to n_ctx positions."""
+        raise NotImplementedError
+
+    def forward(self, ids, cache, n_logits: int = 1) -> np.ndarray:
+        """Run ids (T,) at positions cache.pos.. ; return logits (n_logits, n_vocab) float32 of the last rows."""
+        raise NotImplementedError
+
+    def check_ids(self, ids, cache) -> np.ndarray:
+        """Validated token ids as int64 (T,), with room in the cache."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise InputError("no tokens to run; give a non-empty prompt")
+        if ids.min() < 0 or ids.max() >= self.hp.n_vocab:
+            raise InputError(f"token id {int(ids.max() if ids.max() >= self.hp.n_vocab else ids.min())} is outside "
+                             f"the vocabulary of {self.hp.n_vocab}; use this model's tokenizer")
+        if cache.pos + ids.size > cache.n_ctx:
+            raise InputError(f"{cache.pos + ids.size} tokens exceed the context of {cache.n_ctx}; "
+                             f"pass a larger --ctx / n_ctx (the model supports {self.hp.context_length})")
+        return ids
+
+
+class CPUBackend(Backend):
+    """The shared numpy forward; subclasses implement prepare / matmul / embed."""
+
+    def __init__(self, model: ModelFile, kv_dtype="float16"):
+        super().__init__(model, kv_dtype)
+        self.rope: Rope | None = None  # built for the largest cache asked for (new_cache)
+        self.embd = self.prepare(model.weight(TensorNames.TOKEN_EMBD))
+        out_name = model.output_name
+        self.output = self.embd if out_name == TensorNames.TOKEN_EMBD else self.prepare(model.weight(out_name))
+        self.out_norm = model.vector(TensorNames.OUTPUT_NORM)
+        self.layers = [self._load_block(b) for b in range(self.hp.n_layer)]
+
+    def _load_block(self, bid: int) -> dict:
+        layer = {}
+        for role, name in self.model.block(bid).items():
+            if role.endswith("_norm") or role.endswith("_bias"):
+                layer[role] = self.model.vector(name)
+            else:
+                layer[role] = self.prepare(self.model.weight(name))
+        return layer
+
+    # -- what subclasses provide -------------------------------------------------------
+    def prepare(self, src: WeightSource):
+        """Turn a stored weight into the backend's compute form."""
+        raise NotImplementedError
+
+    def matmul(self, w, x: np.ndarray) -> np.ndarray:
+        """x (T, cols) float32 -> x @ W.T (T, rows) float32."""
+        raise NotImplementedError
+
+    def embed(self, w, ids: np.ndarray) -> np.ndarray:
+        """Rows `ids` of the embedding matrix: (T, n_embd) float32."""
+        raise NotImplementedError
+
+    # -- the forward -------------------------------------------------------------------
+    def new_cache(self, n_ctx: int) -> KVCache:
+        hp = self.hp
+        if self.rope is None or self.rope.cos.shape[0] < n_ctx:
+            self.rope = Rope(hp.n_rot, hp.rope_base, n_ctx, self.model.arch.rope_neox, hp.rope_freq_scale,
+                             self.model.rope_freqs())
+        return KVCache(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, self.kv_dtype)
+
+    def forward(self, ids, cache: KVCache, n_logits: int = 1) -> np.ndarray:
+        ids = self.check_ids(ids, cache)
+        T, start = ids.size, cache.pos
+        n_logits = max(1, min(int(n_logits), T))
+        x = self.embed(self.embd, ids)  # (T, D)
+        for bid, layer in enumerate(self.layers):
+            x = self._block(bid, layer, x, cache, start)
+        cache.advance(T)
+        h = rms_norm(x[T - n_logits:], self.out_norm, self.hp.rms_eps)  # (n_logits, D)
+        return self.matmul(self.output, h)  # (n_logits, V)
+
+    def _block(self, bid: int, w: dict, x: np.ndarray, cache: KVCache, start: int) -> np.ndarray:
+        hp = self.hp
+        T = x.shape[0]
+        h = rms_norm(x, w["attn_norm"], hp.rms_eps)  # (T, D)
+        q = self.matmul(w["attn_q"], h)  # (T, H*Hd)
+        k = self.matmul(w["attn_k"], h)  # (T, Hkv*Hd)
+        v = self.matmul(w["attn_v"], h)
+        if "attn_q_bias" in w:
+            q, k, v = q + w["attn_q_bias"], k + w["attn_k_bias"], v + w["attn_v_bias"]
+        q = self.rope(q.reshape(T, hp.n_head, hp.head_dim), start)  # (T, H, Hd)
+        k = self.rope(k.reshape(T, hp.n_head_kv, hp.head_dim), start)  # (T, Hkv, Hd)
+        cache.store(bid, k, v.reshape(T, hp.n_head_kv, hp.head_dim))
+        kc, vc = cache.view(bid, start + T)  # (Hkv, Hd, S), (Hkv, S, Hd)
+        a = attention(q, kc, vc, start)  # (T, H*Hd)
+        x = x + self.matmul(w["attn_output"], a)
+        h = rms_norm(x, w["ffn_norm"], hp.rms_eps)
+        f = swiglu(self.matmul(w["ffn_gate"], h), self.matmul(w["ffn_up"], h))  # (T, F)
+        return x + self.matmul(w["ffn_down"], f)  # (T, D)

@@ -17,6 +17,7 @@ the same code llama.cpp's converter uses).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -128,7 +129,7 @@ def spm_vocab(folder: Path, vocab_size: int | None) -> VocabData:
     if sp.vocab_size() > n:
         note(f"tokenizer.model has {sp.vocab_size()} pieces but config.json's vocab_size is {n}; extra pieces dropped")
     _spm_added(folder, tokens, scores, types)
-    special = gguf.SpecialVocab(folder, n_vocab=len(tokens))
+    special = _special_vocab(folder, n_vocab=len(tokens))
     _spm_special_ids(special, sp, folder, tokens)
     return VocabData("llama", "default", tokens, types, scores, special=special)
 
@@ -182,6 +183,17 @@ def _spm_added(folder: Path, tokens: list[str], scores: list[float], types: list
         tokens[tid], scores[tid] = text, -1000.0
 
 
+def _special_vocab(folder: Path, **kwargs) -> gguf.SpecialVocab:
+    """gguf-py's SpecialVocab, without its warning about pair templates (llama.cpp ignores pairs)."""
+    log = logging.getLogger("gguf.vocab")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        return gguf.SpecialVocab(folder, **kwargs)
+    finally:
+        log.setLevel(level)
+
+
 # -- byte-level BPE -------------------------------------------------------------
 def bpe_vocab(folder: Path, vocab_size: int | None) -> VocabData:
     """`tokenizer.json` (byte-level BPE) tokens by id, types, merges and pre-tokenizer name."""
@@ -217,7 +229,7 @@ def bpe_vocab(folder: Path, vocab_size: int | None) -> VocabData:
         else:
             types.append(int(TokenType.NORMAL))
         tokens.append(text)
-    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=n)
+    special = _special_vocab(folder, load_merges=True, n_vocab=n)
     return VocabData("gpt2", bpe_pre_name(tok, spec), tokens, types, special=special)
 
 

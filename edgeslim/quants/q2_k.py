@@ -42,12 +42,23 @@ def encode(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     B, S = x.shape[0], QK_K // SUB
     xs, ws = to_elem_major(x, S), None if w is None else to_elem_major(w, S)
     d, dmin, sc, m, L = asym_quantize(xs, ws, 3, 15, FACTORS)
-    out = np.empty((B, 84), np.uint8)
-    out[:, :16] = (sc | (m << 4)).astype(np.uint8)
-    out[:, 16:80] = pack_2bit(from_elem_major(L))
+    return pack(d, dmin, sc, m, from_elem_major(L))
+
+
+def pack(d: np.ndarray, dmin: np.ndarray, sc: np.ndarray, m: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """d, dmin (B,) (stored as fp16), sc, m (B, 16) in [0, 15], code (B, 256) in [0, 3] -> (B, 84) uint8."""
+    out = np.empty((code.shape[0], 84), np.uint8)
+    out[:, :16] = (np.asarray(sc).astype(np.uint8) | (np.asarray(m).astype(np.uint8) << 4))
+    out[:, 16:80] = pack_2bit(code)
     out[:, 80:82] = fp16_bytes(d)
     out[:, 82:84] = fp16_bytes(dmin)
     return out
+
+
+def unpack_params(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(B, 84) -> d, dmin (B,) float32, sc, m (B, 16) uint8: the arguments of `pack` but the codes."""
+    return (fp16_from_bytes(raw[:, 80:82])[:, 0], fp16_from_bytes(raw[:, 82:84])[:, 0],
+            raw[:, :16] & 0xF, raw[:, :16] >> 4)
 
 
 def decode(raw: np.ndarray) -> np.ndarray:

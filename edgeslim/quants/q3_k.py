@@ -30,11 +30,17 @@ FACTORS = (tuple((-(4 + 0.25 * k), o) for k in range(-3, 4) for o in (-0.2, 0.0,
 
 def encode(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     """(B, 256) float32 [, weights] -> (B, 110) uint8."""
-    B, S = x.shape[0], QK_K // SUB
+    S = QK_K // SUB
     xs, ws = to_elem_major(x, S), None if w is None else to_elem_major(w, S)
     d, q, L = sym_quantize(xs, ws, -4, 3, -32, 31, FACTORS)
-    code = (from_elem_major(L) + 4).astype(np.uint8)
-    s = (q + 32).astype(np.uint8)
+    return pack(d, q, (from_elem_major(L) + 4).astype(np.uint8))
+
+
+def pack(d: np.ndarray, q: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """d (B,) (stored as fp16), q (B, 16) int in [-32, 31], code (B, 256) in [0, 7] -> (B, 110) uint8."""
+    B = code.shape[0]
+    code = np.asarray(code).astype(np.uint8)
+    s = (np.asarray(q) + 32).astype(np.uint8)
     out = np.empty((B, 110), np.uint8)
     h = (code >> 2).reshape(B, 8, 32)
     out[:, :32] = np.bitwise_or.reduce(h << np.arange(8, dtype=np.uint8).reshape(1, 8, 1), axis=1)
@@ -46,14 +52,21 @@ def encode(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def decode(raw: np.ndarray) -> np.ndarray:
-    """(B, 110) uint8 -> (B, 256) float32, computed as ggml does: (d * q) * (code - 4)."""
+def unpack_params(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 110) -> d (B,) float32, q (B, 16) int8 in [-32, 31]: the arguments of `pack` but the codes."""
     B = raw.shape[0]
-    d = fp16_from_bytes(raw[:, 108:])
     sb = raw[:, 96:108]
     lo = np.concatenate([sb[:, :8] & 0xF, sb[:, :8] >> 4], axis=1)  # (B, 16)
     hi = (sb[:, None, 8:12] >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 4, 1)) & 3  # (B, 4, 4)
     q = (lo | (hi.reshape(B, 16) << 4)).astype(np.int8) - np.int8(32)
+    return fp16_from_bytes(raw[:, 108:])[:, 0], q
+
+
+def decode(raw: np.ndarray) -> np.ndarray:
+    """(B, 110) uint8 -> (B, 256) float32, computed as ggml does: (d * q) * (code - 4)."""
+    B = raw.shape[0]
+    d, q = unpack_params(raw)
+    d = d[:, None]
     h = (raw[:, None, :32] >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 1  # (B, 8, 32)
     code = unpack_2bit(raw[:, 32:96]).astype(np.int8) + (h.reshape(B, QK_K) << 2).astype(np.int8) - np.int8(4)
     dl = (d * q.astype(np.float32))[:, :, None]

@@ -54,14 +54,24 @@ def unpack_scales(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _encode(x, w, nmax, factors):
-    B, S = x.shape[0], QK_K // SUB
+    S = QK_K // SUB
     xs, ws = to_elem_major(x, S), None if w is None else to_elem_major(w, S)
     d, dmin, sc, m, L = asym_quantize(xs, ws, nmax, 63, factors)
-    head = np.empty((B, 16), np.uint8)
+    return _head(d, dmin, sc, m), from_elem_major(L)
+
+
+def _head(d, dmin, sc, m):
+    head = np.empty((np.shape(d)[0], 16), np.uint8)
     head[:, 0:2] = fp16_bytes(d)
     head[:, 2:4] = fp16_bytes(dmin)
-    head[:, 4:16] = pack_scales(sc, m)
-    return head, from_elem_major(L)
+    head[:, 4:16] = pack_scales(np.asarray(sc), np.asarray(m))
+    return head
+
+
+def unpack_params(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(B, 144) or (B, 176) -> d, dmin (B,) float32, sc, m (B, 8) uint8: the arguments of `pack_q4/q5` but the codes."""
+    sc, m = unpack_scales(raw[:, 4:16])
+    return fp16_from_bytes(raw[:, 0:2])[:, 0], fp16_from_bytes(raw[:, 2:4])[:, 0], sc, m
 
 
 def _pack_nibbles(code: np.ndarray) -> np.ndarray:
@@ -83,9 +93,23 @@ def encode_q4(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 def encode_q5(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     """(B, 256) float32 [, weights] -> (B, 176) uint8."""
     head, code = _encode(x, w, 31, FACTORS_Q5)
+    return _pack_q5_codes(head, code)
+
+
+def _pack_q5_codes(head, code):
     h = (code >> 4).reshape(-1, 8, 32)
     qh = np.bitwise_or.reduce(h << np.arange(8, dtype=np.uint8).reshape(1, 8, 1), axis=1)
     return np.concatenate([head, qh, _pack_nibbles(code)], axis=1)
+
+
+def pack_q4(d: np.ndarray, dmin: np.ndarray, sc: np.ndarray, m: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """d, dmin (B,) (stored as fp16), sc, m (B, 8) in [0, 63], code (B, 256) in [0, 15] -> (B, 144) uint8."""
+    return np.concatenate([_head(d, dmin, sc, m), _pack_nibbles(np.asarray(code).astype(np.uint8))], axis=1)
+
+
+def pack_q5(d: np.ndarray, dmin: np.ndarray, sc: np.ndarray, m: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """d, dmin (B,) (stored as fp16), sc, m (B, 8) in [0, 63], code (B, 256) in [0, 31] -> (B, 176) uint8."""
+    return _pack_q5_codes(_head(d, dmin, sc, m), np.asarray(code).astype(np.uint8))
 
 
 def _decode(raw, code):

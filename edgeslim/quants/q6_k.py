@@ -52,6 +52,11 @@ def pack(d: np.ndarray, q: np.ndarray, code: np.ndarray) -> np.ndarray:
     return out
 
 
+def unpack_params(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 210) -> d (B,) float32, q (B, 16) int8: the arguments of `pack` but the codes."""
+    return fp16_from_bytes(raw[:, 208:])[:, 0], raw[:, 192:208].view(np.int8)
+
+
 def unpack(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(B, 210) -> d (B, 1) float32, scales (B, 16) float32, codes (B, 256) int in [-32, 31]."""
     B = raw.shape[0]

@@ -34,10 +34,20 @@ def encode(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     d, q = _ggml_codes(x)
     if w is not None:
         d, q = _refine(x, w, f16(d), q)
-    out = np.empty((x.shape[0], 34), np.uint8)
+    return pack(d, q)
+
+
+def pack(d: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """d (B,) (stored as fp16), q (B, 32) integral in [-128, 127] -> (B, 34) uint8."""
+    out = np.empty((q.shape[0], 34), np.uint8)
     out[:, :2] = fp16_bytes(d)
     out[:, 2:] = q.astype(np.int8).view(np.uint8)
     return out
+
+
+def unpack_params(raw: np.ndarray) -> np.ndarray:
+    """(B, 34) -> d (B,) float32: the block scale; w = d * q with q int8."""
+    return fp16_from_bytes(raw[:, :2])[:, 0]
 
 
 def _refine(x, w, d, q, n_iter=3):

@@ -49,15 +49,16 @@ def family_of(qtype: str) -> str:
     return "affine" if parse_affine(qtype) else "ggml"
 
 
-def resolve_quant(quant: str | None, family: str | None) -> tuple[str | None, str]:
-    """Canonical type name (or None: let the target choose) and its family; one-line errors."""
+def resolve_quant(quant: str | None, family: str | None, group: int = 64) -> tuple[str | None, str]:
+    """Canonical type name (or None: let the target choose) and its family; one-line errors.
+    `group` completes the affine shorthand ("--family affine --quant 4" -> AFFINE4_G{group})."""
     if family is not None and family not in FAMILIES:
         raise InputError(f"unknown --family {family!r}; use one of {', '.join(FAMILIES)}")
     if quant is None:
         return None, family or "ggml"
     q = quant.strip().upper()
     if q.isdigit() and family == "affine":  # "--family affine --quant 4"
-        q = affine_name(int(q), 64)
+        q = affine_name(int(q), group)
     try:
         name = quant_info(q).name
     except ValueError:
@@ -90,3 +91,21 @@ def make_plan(specs: list[TensorSpec], qtype: str) -> list[Planned]:
 def plan_bytes(specs: list[TensorSpec], qtype: str) -> int:
     """Exact weight bytes if every matrix takes `qtype` (with fallbacks)."""
     return sum(p.nbytes for p in make_plan(specs, qtype))
+
+
+def type_histogram(plan: list[Planned]) -> dict[str, dict[str, int]]:
+    """{type: {"tensors": n, "weights": n}} over the 2-D weight matrices, most weights first."""
+    out: dict[str, dict[str, int]] = {}
+    for p in plan:
+        if is_quantizable(p.spec.name, len(p.spec.shape)):
+            h = out.setdefault(p.qtype, {"tensors": 0, "weights": 0})
+            h["tensors"] += 1
+            h["weights"] += p.spec.n_elements
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["weights"]))
+
+
+def matrix_bpw(plan: list[Planned]) -> float:
+    """Bits per weight over the 2-D weight matrices (what --bpw budgets)."""
+    mats = [p for p in plan if is_quantizable(p.spec.name, len(p.spec.shape))]
+    n = sum(p.spec.n_elements for p in mats)
+    return 8.0 * sum(p.nbytes for p in mats) / n if n else 0.0

@@ -4,6 +4,12 @@ Every tensor's name, shape, type, bits per weight and bytes, the totals, and the
 edgeslim metadata (the conversion report pretty-printed). An affine tensor (three
 GGUF tensors: packed codes, `.scales`, `.biases`) is shown as one logical
 tensor of type AFFINE{bits}_G{group}. Reads with the mmap reader only: no torch.
+
+For an edgeslim file the table also shows, from `edgeslim.report`, each
+tensor's measured relative RMS error (`rel_rms%`) and, when the types were
+allocated to a budget (`--target/--bpw/--size`), the error the analysis
+predicted for the chosen type (`pred%`), followed by the allocation summary
+(`allocation_summary`, also printed by `edgeslim convert`).
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 from .gguf_file import GGUFFile
 from .tables import AFFINE_BIASES_SUFFIX, AFFINE_SCALES_SUFFIX, Keys, affine_name
+from .targets import gib
 
 _JSON_KEYS = (Keys.ES_REPORT, Keys.ES_CHOICES)
 
@@ -116,17 +123,64 @@ def inspect_file(path: str, verify: bool = False) -> dict:
     }
     if verify:
         info["checksum_ok"] = verify_checksum(f)
+    _add_report_columns(info)
     return info
+
+
+def _add_report_columns(info: dict) -> None:
+    """Per tensor `rel_rms` (measured) and `predicted_rel_rms` (allocation) from the report, where present."""
+    report = info["edgeslim"].get(Keys.ES_REPORT)
+    if not isinstance(report, dict):
+        return
+    measured = report.get("rel_rms") or {}
+    alloc = report.get("allocation")
+    predicted = (alloc.get("tensors") or {}) if isinstance(alloc, dict) else {}
+    for t in info["tensors"]:
+        if t["name"] in measured:
+            t["rel_rms"] = measured[t["name"]]
+        if t["name"] in predicted:
+            t["predicted_rel_rms"] = predicted[t["name"]].get("rel_rms")
+
+
+def allocation_summary(report: dict, indent: str = "") -> list[str]:
+    """Lines describing how the types were chosen: budget, signal, calibration, GPTQ, bits per
+    weight and the type histogram (empty for a report without types)."""
+    types = report.get("types") or {}
+    if not types:
+        return []
+    lines = []
+    alloc, budget = report.get("allocation"), report.get("budget")
+    cal = report.get("calibration")
+    how = (f"calibrated on {cal.get('tokens')} tokens ({cal.get('source')})" if isinstance(cal, dict)
+           else "not calibrated")
+    gptq = ", GPTQ rounding" if report.get("gptq") else ""
+    if isinstance(alloc, dict) and isinstance(budget, dict):
+        lines.append(f"{indent}allocation: {alloc.get('signal')} signal, {how}{gptq}; "
+                     f"budget {gib(budget.get('bytes', 0))} (--{budget.get('kind')} {budget.get('value')}), "
+                     f"used {gib(alloc.get('total_bytes', 0))}; "
+                     f"predicted error {alloc.get('predicted_error')} (lower bound {alloc.get('error_lower_bound')})")
+    else:
+        lines.append(f"{indent}types: one type for every matrix, {how}{gptq}")
+    n = sum(h["weights"] for h in types.values()) or 1
+    hist = ", ".join(f"{t} {h['tensors']} tensor{'s' if h['tensors'] != 1 else ''} ({100 * h['weights'] / n:.1f}%)"
+                     for t, h in types.items())
+    lines.append(f"{indent}{report.get('bpw', 0):.3f} bits per matrix weight: {hist}")
+    return lines
 
 
 def format_text(info: dict) -> str:
     lines = [f"{info['file']}: {info['architecture']} '{info['name']}', tokenizer {info['tokenizer']} "
              f"({info['vocab_size']} tokens)"]
     width = max([len(t["name"]) for t in info["tensors"]] + [4])
-    lines.append(f"{'name':<{width}}  {'shape':<16} {'type':<12} {'bpw':>7} {'bytes':>14}")
+    meas = any("rel_rms" in t for t in info["tensors"])
+    pred = any("predicted_rel_rms" in t for t in info["tensors"])
+    lines.append(f"{'name':<{width}}  {'shape':<16} {'type':<12} {'bpw':>7} {'bytes':>14}"
+                 + (f" {'rel_rms%':>9}" if meas else "") + (f" {'pred%':>8}" if pred else ""))
     for t in info["tensors"]:
         shape = "x".join(str(d) for d in t["shape"])
-        lines.append(f"{t['name']:<{width}}  {shape:<16} {t['type']:<12} {t['bpw']:>7.3f} {t['bytes']:>14,}")
+        lines.append(f"{t['name']:<{width}}  {shape:<16} {t['type']:<12} {t['bpw']:>7.3f} {t['bytes']:>14,}"
+                     + (f" {_pct(t.get('rel_rms')):>9}" if meas else "")
+                     + (f" {_pct(t.get('predicted_rel_rms')):>8}" if pred else ""))
     tot = info["total"]
     lines.append(f"total: {tot['tensors']} tensors, {tot['elements']:,} weights, {tot['bytes']:,} bytes "
                  f"({tot['bytes'] / 2**20:.1f} MiB), {tot['bpw']:.3f} bits per weight")
@@ -139,10 +193,26 @@ def format_text(info: dict) -> str:
         report = es.pop(Keys.ES_REPORT, None)
         for key, value in es.items():
             lines.append(f"{key}: {value}")
-        if report is not None:
+        if isinstance(report, dict):
+            lines += allocation_summary(report)
+            lines.append(f"{Keys.ES_REPORT} (per-tensor entries are in the table):")
+            lines.append(json.dumps(_without_tables(report), indent=2))
+        elif report is not None:
             lines.append(f"{Keys.ES_REPORT}:")
-            lines.append(json.dumps(report, indent=2) if not isinstance(report, str) else report)
+            lines.append(report)
     return "\n".join(lines)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.3f}"
+
+
+def _without_tables(report: dict) -> dict:
+    """The report minus its per-tensor maps (rel_rms, rel_out, allocation tensors), shown in the table."""
+    out = {k: v for k, v in report.items() if k not in ("rel_rms", "rel_out")}
+    if isinstance(out.get("allocation"), dict):
+        out["allocation"] = {k: v for k, v in out["allocation"].items() if k != "tensors"}
+    return out
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -364,7 +364,11 @@ def test_target_ctx_too_big_picks_smaller(tiny_hf_model, tmp_path):
     room = (plan_bytes(m.tensors, "Q2_K") + plan_bytes(m.tensors, "Q3_K")) // 2
     per_tok = kv_cache_bytes(2, 1, 2, 64)
     ctx = (usable - OVERHEAD_BYTES - room) // per_tok
-    report = convert(str(folder), tmp_path / "s.gguf", target="rpi5-4gb", ctx=ctx, progress=False)
+    report = convert(str(folder), tmp_path / "s.gguf", target="rpi5-4gb", ctx=ctx, calib=False, progress=False)
+    assert set(report["types"]) <= {"Q2_K", "Q3_K", "Q4_K"} and report["fit"]["fits"]
+    assert report["fit"]["headroom_bytes"] >= 0
+    report = convert(str(folder), tmp_path / "u.gguf", target="rpi5-4gb", ctx=ctx, allocate="uniform",
+                     progress=False)
     assert report["quant"] == "Q2_K" and report["fit"]["headroom_bytes"] >= 0
 
 

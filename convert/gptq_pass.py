@@ -1,0 +1,128 @@
+"""`--gptq`: write the file while a second calibration pass walks the decoder layers.
+
+    errors, out_errors = stream_gptq(g, plan, cal, n_layers, bar, write_rtn)
+
+Hessians are (cols, cols) per linear input: all of a 7B model's would be
+tens of GB, so they are never held together. `calibrate.collect(...,
+want_hessian=True, on_layer=...)` hands over one decoder layer's Hessians at
+a time; the callback writes every planned tensor up to and including that
+layer, in file order (GGUFOut writes in plan order):
+
+* tensors before the layer (token embedding, rope tables): RTN, weighted by
+  the first pass's importance (a tied embedding is the head, whose importance
+  only that pass has by then);
+* the layer's linears with a block type: `gptq.gptq_quantize` against their
+  Hessian (factored once per shared input: q/k/v, gate/up); floats and norms
+  as they are;
+* at the head (after the last layer): everything left, RTN weighted by the
+  importance this pass measured (the output head included, as in the
+  reference GPTQ, which leaves the head to round-to-nearest).
+
+The callback returns the layer's dequantized weights, so the next layer is
+calibrated on the quantized model's activations (GPTQ's sequential mode).
+Per GPTQ'd tensor the report gets the output error relative to the output,
+sqrt(tr(E H E^T) / tr(W H W^T)) on a row sample (rows are independent).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from edgeslim.gguf_write import GGUFOut
+from edgeslim.quants import dequantize
+
+from .analyze import sample_rows
+from .gptq import gptq_quantize, prepare_hessian
+from .model import tensor_order
+from .plan import Planned
+
+FLOAT_TYPES = ("F32", "F16", "BF16")
+F64 = np.float64
+
+
+def output_rel_error(w: np.ndarray, d: np.ndarray, H: np.ndarray, max_weights: int = 1 << 19) -> float:
+    """sqrt(sum_r e_r H e_r^T / sum_r w_r H w_r^T) over a random sample of rows (e = w - d)."""
+    idx = sample_rows(w.shape[0], w.shape[1], max_weights)
+    ws, ds = (w, d) if idx is None else (w[idx], d[idx])
+    Hd = np.asarray(H, F64)
+    e = ws.astype(F64) - ds
+    num = float(np.einsum("ij,ij->", e @ Hd, e))
+    den = float(np.einsum("ij,ij->", ws.astype(F64) @ Hd, ws.astype(F64)))
+    return float(np.sqrt(num / den)) if den > 0 else 0.0
+
+
+class _Writer:
+    """The plan written in order, layer by layer."""
+
+    def __init__(self, g: GGUFOut, plan: list[Planned], importance: dict, bar, write_rtn: Callable):
+        self.g, self.plan, self.importance, self.bar, self.write_rtn = g, plan, importance, bar, write_rtn
+        self.pos = 0
+        self.errors: dict[str, float] = {}
+        self.out_errors: dict[str, float] = {}
+
+    def _next_order(self):
+        return tensor_order(self.plan[self.pos].spec.name) if self.pos < len(self.plan) else None
+
+    def rtn_until(self, stop=None, importance: dict | None = None) -> None:
+        """RTN-write planned tensors whose file order is before `stop` (None: all that are left)."""
+        while self.pos < len(self.plan) and (stop is None or self._next_order() < stop):
+            self._one_rtn(self.plan[self.pos], importance)
+
+    def layer(self, i: int, hessian: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Write decoder layer i (GPTQ where a Hessian exists); its dequantized linears."""
+        from .pipeline import load_checked, relative_rms
+
+        self.rtn_until((1, i))
+        prepared: dict[int, object] = {}
+        new = {}
+        while self.pos < len(self.plan) and self._next_order() == (1, i):
+            p = self.plan[self.pos]
+            H = hessian.get(p.spec.name)
+            if H is None or p.qtype in FLOAT_TYPES:
+                self._one_rtn(p)
+                continue
+            if self.bar is not None:
+                self.bar.set_postfix_str(p.spec.name, refresh=False)
+            w = load_checked(p.spec)
+            if id(H) not in prepared:
+                prepared[id(H)] = prepare_hessian(H)
+            q = gptq_quantize(w, prepared[id(H)], p.qtype)
+            self.g.write(p.spec.name, q)
+            d = dequantize(q)
+            self.errors[p.spec.name] = relative_rms(w, d)
+            self.out_errors[p.spec.name] = output_rel_error(w, d, H)
+            new[p.spec.name] = d
+            del w
+            self.pos += 1
+            if self.bar is not None:
+                self.bar.update(p.spec.n_elements)
+        return new
+
+    def _one_rtn(self, p: Planned, importance: dict | None = None) -> None:
+        imp = self.importance if importance is None else importance
+        e = self.write_rtn(self.g, p, imp.get(p.spec.name), self.bar)
+        if e is not None:
+            self.errors[p.spec.name] = e
+        self.pos += 1
+
+
+def stream_gptq(g: GGUFOut, plan: list[Planned], cal, n_layers: int, bar, write_rtn: Callable
+                ) -> tuple[dict[str, float], dict[str, float]]:
+    """Write `plan` into `g` with GPTQ layer by layer (module doc); ({name: rel RMS}, {name: rel output error}).
+
+    cal: smart.Calibration (folder, text, tokens; `importance` from its first pass);
+    write_rtn(g, planned, importance, bar) -> rel RMS | None writes one tensor round-to-nearest."""
+    from .calibrate import collect
+
+    w = _Writer(g, plan, cal.importance, bar, write_rtn)
+
+    def on_layer(stats):
+        if stats.index >= n_layers:  # the head: everything left, with this pass's importance
+            w.rtn_until(None, {**cal.importance, **stats.importance})
+            return None
+        return w.layer(stats.index, stats.hessian or {})
+
+    collect(cal.folder, cal.text, cal.n_tokens, want_hessian=True, on_layer=on_layer)
+    w.rtn_until(None)
+    return w.errors, w.out_errors

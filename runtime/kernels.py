@@ -28,7 +28,9 @@ How the decode path is fast
 
 Accuracy: int8 activations give a relative error of about 0.5% of the row's
 dot-product scale (|error| <~ sum_i |w_i x_i| / 254 per block, averaging down);
-T > SMALL_T prefill uses the exact dequantized weights with BLAS.
+(llama.cpp quantizes activations the same way, to Q8_K / Q8_0).  Prefill with
+T up to SMALL_T_QUANT uses the same kernels (4-8 activations per pass share each
+decoded weight block); beyond it, dequantized row tiles and BLAS.
 """
 from __future__ import annotations
 
@@ -45,13 +47,18 @@ from numba.core.typing.typeof import Purpose
 from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
 from ..errors import UnsupportedError
-from ..tables import QK_K, parse_affine, quant_info
+from ..tables import AFFINE_BITS, AFFINE_GROUPS, QK_K, affine_name, quant_info
 from . import repack
 
-__all__ = ["Packed", "prepare", "linear", "dequantize", "embed_rows", "TMAX", "SMALL_T"]
+__all__ = ["Packed", "prepare", "linear", "dequantize", "embed_rows"]
 
-TMAX = 8  # activations one kernel call handles together (weights decoded once for all of them)
-SMALL_T = 16  # T above this: dequantize row tiles and use BLAS
+TMAX = 8  # activations one kernel pass handles together (weights decoded once for all of them)
+# Largest T that still uses the packed kernels; above it: dequantized row tiles + BLAS.
+# Measured on a 2-core Zen 3 (4096x4096, 1 thread): the int8 kernel costs ~0.4 ms per
+# token at any T and BLAS only catches up around T = 512; float weights cross at ~16.
+SMALL_T_QUANT = 256
+SMALL_T_8BIT = 32  # Q8_0 / AFFINE8: one float fma per 32 weights per activation, so BLAS wins sooner
+SMALL_T_FLOAT = 8
 TILE_ROWS = 256  # rows per dequantized tile on the prefill path
 
 
@@ -109,12 +116,13 @@ class Spec:
 
 def _make_specs() -> dict[str, Spec]:
     out = {}
-    for name, g in (("Q2_K", 16), ("Q3_K", 16), ("Q4_K", 32), ("Q5_K", 32), ("Q6_K", 16)):
+    for name, g in repack.KQUANT_GROUP.items():
         out[name] = Spec(name, "kq", quant_info(name).bits, QK_K, g, QK_K, g)
-    out["Q8_0"] = Spec("Q8_0", "aff", 8, 32, 32, 32, 32, signed=True)
-    for bits in (2, 3, 4, 5, 6, 8):
-        for g in (32, 64):
-            n = f"AFFINE{bits}_G{g}"
+    q8 = quant_info("Q8_0").block  # one f16 scale per 32 signed codes: an affine unit without bias
+    out["Q8_0"] = Spec("Q8_0", "aff", 8, q8, q8, q8, q8, signed=True)
+    for bits in AFFINE_BITS:
+        for g in AFFINE_GROUPS:
+            n = affine_name(bits, g)
             out[n] = Spec(n, "aff", bits, repack.AFFINE_UNIT[bits], g, g, g)
     for n, bits in (("F16", 16), ("BF16", 16), ("F32", 32)):
         out[n] = Spec(n, "flt", bits, 32, 32, 32, 32)
@@ -135,7 +143,8 @@ class SpecType(types.Dummy):
 
     def __init__(self, spec_key: str):
         self.spec_key = spec_key
-        super().__init__(name=f"KernelSpec({spec_key})")
+        # the name is the cache/specialization key: it also records which dot steps get emitted
+        super().__init__(name=f"KernelSpec({spec_key}{'' if USE_AVX2 else '/generic'})")
 
     @property
     def spec(self) -> Spec:
@@ -256,6 +265,18 @@ class _E:
         p = self.b.mul(self.b.sext(a16, V(I32, 16)), self.b.sext(b16, V(I32, 16)))
         return self.b.add(self.shuf(p, range(0, 16, 2)), self.shuf(p, range(1, 16, 2)))
 
+    def pair_sum16(self, a16):
+        """<16 x i16> -> <8 x i32> sums of adjacent pairs (vpmaddwd by ones on AVX2)."""
+        if not self.portable:
+            return self.madd(a16, self.k(V(I16, 16), 1))
+        w = self.b.sext(a16, V(I32, 16))
+        return self.b.add(self.shuf(w, range(0, 16, 2)), self.shuf(w, range(1, 16, 2)))
+
+    def lane_bcast16(self, v, c):
+        """<16 x i16> -> element c of each 128-bit half broadcast across that half
+        (an in-lane pattern: one vpshufb, or a vpbroadcastw when both halves agree)."""
+        return self.shuf(v, [c] * 8 + [8 + c] * 8)
+
     def sign_dot(self, w8, x8):
         """Signed <32 x i8> . <32 x i8> -> <16 x i16>, via |w| * (x with w's sign)."""
         neg = self.b.icmp_signed("<", w8, self.k(w8.type, 0))
@@ -314,7 +335,8 @@ def _kq_block(spec: Spec, e: _E, P, sb):
         if name == "Q5_K":
             codes = [b.or_(codes[c], e.bit(p1, e.mul(sb, 32), c, 4)) for c in range(8)]
         sc = b.zext(e.ld(p2, e.mul(sb, 8), V(I8, 8)), V(I16, 8))
-        scales = [e.shuf(sc, [c] * 16) for c in range(8)]
+        scd = e.shuf(sc, list(range(8)) * 2)  # the 8 scales in both 128-bit halves
+        scales = [e.lane_bcast16(scd, c) for c in range(8)]
         mins = b.uitofp(e.ld(p3, e.mul(sb, 8), V(I8, 8)), V(F32, 8))
         dd = e.halves(p4, e.mul(sb, 4), 2)
         return codes, scales, mins, e.lane(dd, 0), e.lane(dd, 1)
@@ -337,7 +359,8 @@ def _kq_block(spec: Spec, e: _E, P, sb):
             mins = b.sitofp(raw, V(F32, 16))
             d = b.fpext(e.ld(p4, e.mul(sb, 2), F16), F32)
             dmin = b.fmul(d, ir.Constant(F32, 32.0 if name == "Q6_K" else 4.0))
-        scales = [e.shuf(sc, [2 * c] * 8 + [2 * c + 1] * 8) for c in range(8)]
+        scp = e.shuf(sc, list(range(0, 16, 2)) + list(range(1, 16, 2)))  # even groups low half, odd high
+        scales = [e.lane_bcast16(scp, c) for c in range(8)]  # chunk c = groups 2c | 2c+1
         return codes, scales, mins, d, dmin
     raise AssertionError(name)
 
@@ -447,9 +470,9 @@ def _row_body(spec: Spec, e: _E, P, X, T, ncols):
         _over_t(spec, e, T, acc.zero)
 
     if spec.family == "kq":
-        G = 256 // spec.group
+        G = QK_K // spec.group
 
-        with cgutils.for_range(b, e.b.udiv(ncols, e.i(256))) as loop:
+        with cgutils.for_range(b, e.b.udiv(ncols, e.i(QK_K))) as loop:
             sb = loop.index
             codes, scales, mins, d, dmin = _kq_block(spec, e, P, sb)
 
@@ -457,7 +480,7 @@ def _row_body(spec: Spec, e: _E, P, X, T, ncols):
                 xqt, xdt, xst = row_x(xq, xqs, t), row_x(xd, xds, t), row_x(xs, xss, t)
                 isum = None
                 for c in range(8):
-                    x8 = e.ld(xqt, e.add(e.mul(sb, 256), 32 * c), V(I8, 32))
+                    x8 = e.ld(xqt, e.add(e.mul(sb, QK_K), 32 * c), V(I8, 32))
                     v = e.madd(e.maddubs(codes[c], x8), scales[c])
                     isum = v if isum is None else b.add(isum, v)
                 mx = b.fmul(mins, e.ld(xst, e.mul(sb, 4 * G), V(F32, G)))
@@ -476,7 +499,6 @@ def _row_body(spec: Spec, e: _E, P, X, T, ncols):
 
     if spec.family == "aff":
         budget = _i16_budget(spec)
-        ones = e.k(V(I16, 16), 1)
         U, S, Gs = spec.unit, spec.stride, spec.group
 
         def unit_isum(u, codes, xqt):
@@ -488,7 +510,7 @@ def _row_body(spec: Spec, e: _E, P, X, T, ncols):
                 part = p if part is None else b.add(part, p)
                 n_part += 1
                 if n_part == budget or c == len(codes) - 1:
-                    w = e.madd(part, ones)
+                    w = e.pair_sum16(part)
                     isum = w if isum is None else b.add(isum, w)
                     part, n_part = None, 0
             return isum
@@ -502,18 +524,22 @@ def _row_body(spec: Spec, e: _E, P, X, T, ncols):
         with cgutils.for_range(b, nblk) as loop:
             blk = loop.index
             s8 = e.halves(P[2], e.mul(blk, 16), 8)
-            for k in range(NU):
-                u = e.add(e.mul(blk, NU), k)
-                codes = _aff_codes(spec, e, P, u)
-                lanes = [(k * U + 4 * l * S) // Gs for l in range(8)]
+            units = [e.add(e.mul(blk, NU), k) for k in range(NU)]
+            codes = [_aff_codes(spec, e, P, u) for u in units]  # decoded once for all activations
 
-                def step(t, u=u, codes=codes, lanes=lanes, k=k):
-                    coef8 = b.fmul(s8, e.ld(row_x(xd, xds, t), e.mul(blk, 32), V(F32, 8)))
-                    isum = unit_isum(u, codes, row_x(xq, xqs, t))
-                    acc.put(t, e.fma(e.shuf(coef8, lanes), e.cvt(isum), acc.get(t, k % 2)), k % 2)
+            def step(t):
+                coef8 = b.fmul(s8, e.ld(row_x(xd, xds, t), e.mul(blk, 32), V(F32, 8)))
+                xqt = row_x(xq, xqs, t)
+                a = [acc.get(t, 0), acc.get(t, 1)]
+                for k in range(NU):
+                    lanes = [(k * U + 4 * l * S) // Gs for l in range(8)]
+                    isum = unit_isum(units[k], codes[k], xqt)
+                    a[k % 2] = e.fma(e.shuf(coef8, lanes), e.cvt(isum), a[k % 2])
+                acc.put(t, a[0], 0)
+                acc.put(t, a[1], 1)
 
-                _over_t(spec, e, T, step)
-        # tail units (rows whose group count is not a multiple of 8: Q8_0 only)
+            _over_t(spec, e, T, step)
+        # tail: units of the row's last (< 8) groups, one coefficient lookup per unit
         with cgutils.for_range(b, b.sub(nunits, e.mul(nblk, NU))) as loop:
             u = e.add(e.mul(nblk, NU), loop.index)
             codes = _aff_codes(spec, e, P, u)
@@ -617,8 +643,8 @@ def _deq_body(spec: Spec, e: _E, P, out, ncols):
         return b.sitofp(codes_i32, V(F32, 32))
 
     if spec.family == "kq":
-        G = 256 // spec.group
-        with cgutils.for_range(b, b.udiv(ncols, e.i(256))) as loop:
+        G = QK_K // spec.group
+        with cgutils.for_range(b, b.udiv(ncols, e.i(QK_K))) as loop:
             sb = loop.index
             codes, _, _, d, dmin = _kq_block(spec, e, P, sb)
             raw = e.ld(P[2], e.mul(sb, G), V(I8, G))
@@ -642,7 +668,7 @@ def _deq_body(spec: Spec, e: _E, P, out, ncols):
                 w = b.fmul(e.shuf(dl, gmask), f32(q))
                 if ml is not None:
                     w = b.fsub(w, e.shuf(ml, gmask))
-                store32(e.add(e.mul(sb, 256), 32 * c), w)
+                store32(e.add(e.mul(sb, QK_K), 32 * c), w)
         return
 
     if spec.family == "aff":
@@ -716,36 +742,42 @@ def _quant_x(x, xblk, sgroup, stride, unit, xq, xd, xs):
     cell = np.empty(1, np.int32)
     cellf = cell.view(np.float32)
     for t in range(T):
-        xt, bt = x[t], bits[t]
+        xt = x[t]
+        bt = bits[t]
         dst = tmp if stride > 1 else xq[t]
         for blk in range(n // xblk):
             i0 = blk * xblk
             m = np.int32(0)
-            for i in range(i0, i0 + xblk):
-                a = bt[i] & np.int32(0x7FFFFFFF)
+            for i in range(xblk):
+                a = bt[i0 + i] & np.int32(0x7FFFFFFF)
                 m = a if a > m else m
             cell[0] = m
             amax = cellf[0]
             inv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
             xd[t, blk] = amax / np.float32(127.0)
-            for i in range(i0, i0 + xblk):
-                v = xt[i] * inv
+            for i in range(xblk):
+                v = xt[i0 + i] * inv
                 q = np.int32(abs(v) + np.float32(0.5))
-                dst[i] = np.int8(q if v >= 0 else -q)
+                dst[i0 + i] = np.int8(q if v >= 0 else -q)
         for blk in range(n // xblk, xd.shape[1]):
             xd[t, blk] = 0.0
+        # sums of the *quantized* activations (like ggml's Q8_K bsums): the offset term
+        # (mins, biases, Q6_K's -32) then cancels the rounding error of the code term
+        # instead of adding it back through exact float sums.
         for g in range(n // sgroup):
             s = np.float32(0.0)
-            for i in range(g * sgroup, (g + 1) * sgroup):
-                s += xt[i]
+            for i in range(sgroup):
+                j = g * sgroup + i
+                s += np.float32(dst[j]) * xd[t, j // xblk]
             xs[t, g] = s
         for g in range(n // sgroup, xs.shape[1]):
             xs[t, g] = 0.0
         if stride > 1:
+            xqt = xq[t]
             for u0 in range(0, n, unit):
-                for j in range(32):
-                    for c in range(stride):
-                        xq[t, u0 + c * 32 + j] = tmp[u0 + j * stride + c]
+                for c in range(stride):
+                    for j in range(32):
+                        xqt[u0 + c * 32 + j] = tmp[u0 + j * stride + c]
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -891,12 +923,19 @@ def _dequant_kernel_order(p: Packed, ids: np.ndarray) -> np.ndarray:
     return out
 
 
+def _small_t(spec: Spec) -> int:
+    if spec.family == "flt":
+        return SMALL_T_FLOAT
+    return SMALL_T_8BIT if spec.bits == 8 else SMALL_T_QUANT
+
+
 def linear(p: Packed, x: np.ndarray) -> np.ndarray:
     """x (T, cols) float32 -> (T, rows) float32 = x @ W.T.
 
-    T <= SMALL_T: packed-integer (or float for F16/BF16) mat-vec kernels, weights
-    never dequantized.  Larger T (prefill): dequantize TILE_ROWS rows at a time
-    and multiply with BLAS.  F32 weights always use BLAS.
+    T <= SMALL_T_QUANT (8-bit codes: SMALL_T_8BIT, F16/BF16: SMALL_T_FLOAT): the
+    packed-integer (F16/BF16: float) kernels, weights never dequantized, int8 activations.  Larger T:
+    dequantize TILE_ROWS rows at a time and multiply with BLAS (exact weights).
+    F32 weights always use BLAS.
     """
     x = np.asarray(x)
     if not (x.dtype == np.float32 and x.flags.c_contiguous and x.flags.aligned and x.flags.writeable):
@@ -910,7 +949,7 @@ def linear(p: Packed, x: np.ndarray) -> np.ndarray:
     if p.qtype == "F32":
         w = p.planes[0].view(np.float32)[:, :cols]
         return np.dot(x, w.T)
-    if T <= SMALL_T:
+    if T <= _small_t(p.spec):
         return _matvec_small(p, x)
     xk = x if p.colsp == cols else np.pad(x, ((0, 0), (0, p.colsp - cols)))
     if p.perm is not None:

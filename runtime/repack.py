@@ -50,6 +50,8 @@ PAD_GROUPS = 8  # affine scale/bias rows are padded to a multiple of this (one f
 
 # affine: bits -> unit length U (elements); the interleave stride is U // 32
 AFFINE_UNIT = {2: 128, 3: 256, 4: 64, 5: 256, 6: 128, 8: 32}
+# k-quants: weights per (integer) scale inside the 256-weight super-block
+KQUANT_GROUP = {"Q2_K": 16, "Q3_K": 16, "Q4_K": 32, "Q5_K": 32, "Q6_K": 16}
 
 
 def _empty(rows: int) -> np.ndarray:
@@ -82,11 +84,16 @@ def _scale_min_k4(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     bytes 0-3: scale j (low 6 bits) | scale j+4 bits 4-5 (top 2)
     bytes 4-7: min j   (low 6 bits) | min j+4 bits 4-5 (top 2)
     bytes 8-11: scale j+4 bits 0-3 (low nibble) | min j+4 bits 0-3 (high nibble)
+    Done on the three little-endian 32-bit words (4 bytes at a time; the masks
+    keep bits from crossing byte boundaries).
     """
-    d, m, md = s[..., 0:4], s[..., 4:8], s[..., 8:12]
-    sc = np.concatenate([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], axis=-1)
-    mn = np.concatenate([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], axis=-1)
-    return sc, mn
+    w = np.ascontiguousarray(s).view("<u4")  # (..., 3)
+    d, m, md = w[..., 0], w[..., 1], w[..., 2]
+    lo6, hi2, nib = np.uint32(0x3F3F3F3F), np.uint32(0x30303030), np.uint32(0x0F0F0F0F)
+    sc = np.stack([d & lo6, (md & nib) | ((d >> 2) & hi2)], axis=-1)
+    mn = np.stack([m & lo6, ((md >> 4) & nib) | ((m >> 2) & hi2)], axis=-1)
+    shape = s.shape[:-1] + (8,)
+    return sc.view(np.uint8).reshape(shape), mn.view(np.uint8).reshape(shape)
 
 
 def _scales_q3k(s: np.ndarray) -> np.ndarray:
@@ -135,36 +142,37 @@ def repack_float(qtype: str, data, rows: int, cols: int, colsp: int) -> tuple[np
 
 # ----------------------------------------------------------------------------- affine
 def _mlx_codes(codes: np.ndarray, bits: int, cols: int) -> np.ndarray:
-    """MLX little-endian bit stream (rows, cols*bits/8 bytes) -> (rows, cols) uint8 codes."""
-    rows = codes.shape[0]
-    by = codes.reshape(rows, -1, bits)  # 8 codes per `bits` bytes
-    acc = np.zeros(by.shape[:2], np.uint64)
-    for k in range(bits):
-        acc |= by[..., k].astype(np.uint64) << np.uint64(8 * k)
-    shifts = np.arange(8, dtype=np.uint64) * np.uint64(bits)
-    out = (acc[..., None] >> shifts) & np.uint64((1 << bits) - 1)
-    return out.astype(np.uint8).reshape(rows, cols)
+    """MLX little-endian bit stream (rows, cols*bits/8 bytes) -> (rows, cols) uint8 codes.
 
-
-def _interleave(q: np.ndarray, unit: int) -> np.ndarray:
-    """(rows, colsp) codes in element order -> kernel order: unit u, chunk c, lane j = element j*S + c."""
-    rows, colsp = q.shape
-    s = unit // 32
-    return q.reshape(rows, colsp // unit, 32, s).transpose(0, 1, 3, 2).reshape(rows, colsp)
-
-
-def _pack(q: np.ndarray, per: int) -> np.ndarray:
-    """Kernel-order codes (rows, n) with `per` chunks per 32-byte vector -> plane bytes.
-
-    Vector v holds chunks per*v .. per*v+per-1; chunk k of the vector sits at bits (8/per)*k.
+    Every `bits` bytes hold 8 codes; code k starts at bit k*bits and spans at most two bytes.
     """
-    rows, n = q.shape
-    width = 8 // per
-    q = q.reshape(rows, n // (32 * per), per, 32).astype(np.uint8)
-    out = np.zeros((rows, n // (32 * per), 32), np.uint8)
+    rows = codes.shape[0]
+    by = codes.reshape(rows, -1, bits)
+    out = np.empty((rows, by.shape[1], 8), np.uint8)
+    for k in range(8):
+        lo, sh = divmod(k * bits, 8)
+        v = by[..., lo] >> sh
+        if sh + bits > 8:
+            v |= by[..., lo + 1] << (8 - sh)
+        out[..., k] = v & ((1 << bits) - 1)
+    return out.reshape(rows, cols)
+
+
+def _pack_field(q: np.ndarray, unit: int, shift: int, width: int) -> np.ndarray:
+    """Codes (rows, colsp) in element order -> one plane of bits [shift, shift+width) in kernel order.
+
+    Kernel order: unit u, chunk c, lane j holds element u*U + j*S + c (S = U/32).
+    A 32-byte vector packs 8/width chunks; chunk k of vector v (c = v*per + k)
+    sits at bits width*k of each byte.
+    """
+    rows, colsp = q.shape
+    s, per = unit // 32, 8 // width
+    q5 = q.reshape(rows, colsp // unit, 32, s // per, per)  # [.., j, v, k] = element j*S + v*per + k
+    mask = (1 << width) - 1
+    acc = np.zeros(q5.shape[:4], np.uint8)
     for k in range(per):
-        out |= q[:, :, k, :] << np.uint8(width * k)
-    return out.reshape(rows, -1)
+        acc |= ((q5[..., k] >> shift) & mask) << (width * k)
+    return np.ascontiguousarray(acc.transpose(0, 1, 3, 2)).reshape(rows, -1)  # [.., v, j]
 
 
 def repack_affine(qtype: str, codes, scales, biases, rows: int, cols: int):
@@ -175,7 +183,8 @@ def repack_affine(qtype: str, codes, scales, biases, rows: int, cols: int):
         raise FormatError(f"{qtype} weight without its .scales/.biases tensors; the file is incomplete")
     raw = np.frombuffer(codes, np.uint8) if not isinstance(codes, np.ndarray) else codes.reshape(-1).view(np.uint8)
     if cols % group or raw.size != rows * cols * bits // 8:
-        raise FormatError(f"{qtype} weight ({rows}x{cols}) has {raw.size} code bytes, expected {rows * cols * bits // 8}")
+        raise FormatError(f"{qtype} weight ({rows}x{cols}) has {raw.size} code bytes, "
+                          f"expected {rows * cols * bits // 8}; the file is corrupt")
     raw = raw.reshape(rows, cols * bits // 8)
     ng = cols // group
     sc = np.asarray(scales).reshape(-1).view(np.float16).reshape(rows, ng)
@@ -191,21 +200,10 @@ def repack_affine(qtype: str, codes, scales, biases, rows: int, cols: int):
         q = np.pad(q, ((0, 0), (0, colsp - cols)))
     if bits == 8:
         return _planes(q, None, sc, bi), colsp
-    q = _interleave(q, unit)
-    if bits == 2:
-        return _planes(_pack(q, 4), None, sc, bi), colsp
-    if bits == 4:
-        return _planes(_pack(q, 2), None, sc, bi), colsp
-    hi = {3: 2, 5: 4, 6: 4}[bits]
-    low, high = q & ((1 << hi) - 1), q >> hi
-    p0 = _pack(low, 4 if hi == 2 else 2)
-    p1 = _pack(high, 8 if bits in (3, 5) else 4)
+    low = min(bits, 4 if bits >= 4 else 2)  # 2, 3 -> crumb low plane; 4, 5, 6 -> nibble low plane
+    p0 = _pack_field(q, unit, 0, low)
+    p1 = _pack_field(q, unit, low, bits - low) if bits > low else None
     return _planes(p0, p1, sc, bi), colsp
-
-
-def kquant_geometry(qtype: str) -> int:
-    """Weights per scale group of a k-quant (16 or 32)."""
-    return {"Q2_K": 16, "Q3_K": 16, "Q6_K": 16, "Q4_K": 32, "Q5_K": 32}[qtype]
 
 
 assert QK_K == 256  # the plane layouts above are drawn for 256-weight super-blocks

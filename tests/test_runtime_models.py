@@ -133,11 +133,11 @@ def test_numba_matches_numpy_on_quant_type(tiny_gguf, qtype):
     ref = edgeslim.load(path, backend="numpy", kv_dtype="float32")
     fast = edgeslim.load(path, backend="numba", kv_dtype="float32")
     ids = random_ids(ref, 24, seed=5)
-    # prefill (T > the kernels' small-T limit): dequantized tiles + BLAS, nearly exact
-    assert rel_err(fast.logits(ids), ref.logits(ids)) <= 1e-4
-    # decode (T = 1): packed-integer kernels with int8 activations; measured 1e-2 (Q8_0) to 4e-2
-    # (k-quants, affine) on this random model, where a layout error gives ~1
-    assert rel_l2(step_logits(fast, ids[:8]), step_logits(ref, ids[:8])) <= 8e-2
+    # prefill (T = 24) and decode (T = 1) both run the packed-integer kernels with int8
+    # activations (per-block absmax, sums of the quantized values for the offset terms);
+    # measured 1.0e-2 (Q8_0) to 1.6e-2 (k-quants) on this random model; a layout error gives ~1
+    assert rel_l2(fast.logits(ids), ref.logits(ids)) <= 3e-2
+    assert rel_l2(step_logits(fast, ids[:8]), step_logits(ref, ids[:8])) <= 3e-2
 
 
 def test_numpy_quantized_model_is_close_to_f32(tiny_gguf):

@@ -183,7 +183,7 @@ def tensor_costs(analyses: list[TensorAnalysis], signal: str, types) -> list[dic
 
 
 def _erank_costs(a: TensorAnalysis, types) -> dict[str, float]:
-    weight = a.numel * a.stats["erank_fraction"]
+    weight = a.numel * a.stats.get("erank_fraction", 1.0)  # unmeasured (uniform): nominal model only
     energy = a.stats.get("energy", 0.0)
     out = {}
     for t in effective_types(types, a.shape[1]):

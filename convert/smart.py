@@ -235,6 +235,10 @@ def analysis_pass(mats: list[TensorSpec], types, importance: dict, progress: boo
     return out
 
 
+def _matrix_shape(s: TensorSpec) -> tuple[int, int]:
+    return (1, s.shape[0]) if len(s.shape) == 1 else (int(s.shape[0]), int(s.shape[1]))
+
+
 @dataclass
 class SmartPlan:
     """What pipeline.write needs: the plan, the fit, the report's extra keys and its reserved size."""
@@ -253,7 +257,10 @@ def plan_to_budget(model: SourceModel, family: str, group: int, signal: str, kin
     budget = make_budget(model, mats, fixed, types, family, kind, value, tgt, ctx)
     if cal is not None:
         cal.run_importance()
-    analyses = analysis_pass(mats, types, cal.importance if cal is not None else {}, progress)
+    if signal == "uniform":  # one type for all: only byte sizes matter, nothing to measure
+        analyses = [TensorAnalysis(m.name, _matrix_shape(m), {}) for m in mats]
+    else:
+        analyses = analysis_pass(mats, types, cal.importance if cal is not None else {}, progress)
     alloc = allocate(analyses, budget.bytes, signal, family, group, types=types)
     chosen = alloc.tensor_types()
     plan = [Planned(s, chosen.get(s.name, "F32")) for s in model.tensors]

@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 mkdir -p out
 edgeslim convert edgeslim/demo -o out/demo.gguf --target m2-8gb --force
-edgeslim inspect out/demo.gguf | tail -n 8
+edgeslim inspect out/demo.gguf | head -n 14
 edgeslim generate out/demo.gguf -p "Once upon a time" -n 120 --temp 0

@@ -216,6 +216,14 @@ class GGUFFile:
             raise FormatError(f"{name} is {t.type_name}, not a plain array; dequantize it instead")
         return raw.view(dtypes[t.ggml_type]).reshape(t.shape)
 
+    def drop_pages(self) -> None:
+        """Release the mapped file's resident pages (after a backend copied what it needs; best effort)."""
+        if hasattr(self._mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                self._mm.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass
+
     def close(self) -> None:
         self._mm.close()
 

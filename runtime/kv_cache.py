@@ -28,7 +28,29 @@ def kv_dtype_of(name) -> np.dtype:
     return dt
 
 
-class KVCache:
+class CachePosition:
+    """Position bookkeeping every backend's cache shares: `pos` filled of `n_ctx`."""
+
+    pos: int = 0
+    n_ctx: int = 0
+
+    @property
+    def free(self) -> int:
+        """Positions left before the context is full."""
+        return self.n_ctx - self.pos
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+
+    def truncate(self, n: int) -> None:
+        """Forget positions n and later (keeps a shared prompt prefix for reuse)."""
+        self.pos = max(0, min(int(n), self.pos))
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+class KVCache(CachePosition):
     """Keys and values of the tokens seen so far; `pos` is how many positions are filled."""
 
     def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, n_ctx: int, dtype="float16"):
@@ -37,11 +59,6 @@ class KVCache:
         self.k = np.zeros((n_layer, n_head_kv, head_dim, self.n_ctx), self.dtype)  # (L, Hkv, Hd, n_ctx)
         self.v = np.zeros((n_layer, n_head_kv, self.n_ctx, head_dim), self.dtype)  # (L, Hkv, n_ctx, Hd)
         self.pos = 0
-
-    @property
-    def free(self) -> int:
-        """Positions left before the context is full."""
-        return self.n_ctx - self.pos
 
     @property
     def nbytes(self) -> int:
@@ -63,12 +80,3 @@ class KVCache:
             k, v = k.astype(np.float32), v.astype(np.float32)
         return k, v
 
-    def advance(self, n: int) -> None:
-        self.pos += n
-
-    def truncate(self, n: int) -> None:
-        """Forget positions n and later (keeps a shared prompt prefix for reuse)."""
-        self.pos = max(0, min(int(n), self.pos))
-
-    def reset(self) -> None:
-        self.pos = 0

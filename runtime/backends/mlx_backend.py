@@ -25,7 +25,6 @@ unevaluated arrays are tied to one).
 """
 from __future__ import annotations
 
-import mmap
 import os
 import sys
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...tables import TensorNames, parse_affine
+from ..kv_cache import CachePosition
 from ..loader import ModelFile, WeightSource
 from .base import Backend
 from .mlx_transcode import TRANSCODED, AffineParts, transcode
@@ -142,7 +142,7 @@ def load_weight(src: WeightSource, dtype, exact_scales: bool = True):
 
 
 # -- cache -----------------------------------------------------------------------------
-class MLXCache:
+class MLXCache(CachePosition):
     """Keys and values as MLX arrays; `pos` is how many positions are filled.
 
     Per layer: keys and values (1, Hkv, allocated, Hd) in the kv dtype, allocated in
@@ -157,11 +157,6 @@ class MLXCache:
         self.n_head_kv, self.head_dim = n_head_kv, head_dim
         self.keys: list[mx.array | None] = [None] * n_layer
         self.values: list[mx.array | None] = [None] * n_layer
-
-    @property
-    def free(self) -> int:
-        """Positions left before the context is full."""
-        return self.n_ctx - self.pos
 
     @property
     def nbytes(self) -> int:
@@ -190,15 +185,6 @@ class MLXCache:
                 new[:, :, :self.pos, :] = store[layer][:, :, :self.pos, :]
             store[layer] = new
 
-    def advance(self, n: int) -> None:
-        self.pos += n
-
-    def truncate(self, n: int) -> None:
-        """Forget positions n and later (keeps a shared prompt prefix for reuse)."""
-        self.pos = max(0, min(int(n), self.pos))
-
-    def reset(self) -> None:
-        self.pos = 0
 
 
 # -- backend ---------------------------------------------------------------------------
@@ -231,7 +217,7 @@ class MLXBackend(Backend):
             periods = periods * factors.astype(np.float64)
         self.rope_periods = mx.array(periods.astype(np.float32))
         mx.eval(self._arrays())  # every weight is now an MLX copy: the file's pages can go
-        self._release_mapping()
+        self.model.gguf.drop_pages()
         self.notes = self._notes()
         if verbose and any("dequantized" in n or "rounded" in n for n in self.notes):
             print("edgeslim: note: " + "; ".join(self.notes), file=sys.stderr)
@@ -253,14 +239,6 @@ class MLXBackend(Backend):
             layer[role] = self._vector(name) if is_vec else self._weight(name)
         return layer
 
-    def _release_mapping(self) -> None:
-        """Drop the mapped file's pages from this process (MLX holds its own copies; best effort)."""
-        mm = getattr(self.model.gguf, "_mm", None)
-        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            try:
-                mm.madvise(mmap.MADV_DONTNEED)
-            except (OSError, ValueError):
-                pass
 
     def _arrays(self) -> list[mx.array]:
         out = [self.out_norm, *self.embd.arrays(), *self.output.arrays()]

@@ -13,7 +13,6 @@ cache).
 """
 from __future__ import annotations
 
-import mmap
 import os
 import warnings
 
@@ -42,7 +41,7 @@ class NumbaBackend(CPUBackend):
     def __init__(self, model: ModelFile, kv_dtype="float16"):
         self.fallback_types: set[str] = set()
         super().__init__(model, kv_dtype)
-        self._release_mapping()
+        self.model.gguf.drop_pages()
 
     def prepare(self, src: WeightSource):
         try:
@@ -62,10 +61,3 @@ class NumbaBackend(CPUBackend):
     def embed(self, w, ids: np.ndarray) -> np.ndarray:
         return np.asarray(kernels.embed_rows(w, ids), dtype=np.float32)  # (T, D)
 
-    def _release_mapping(self) -> None:
-        mm = getattr(self.model.gguf, "_mm", None)
-        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            try:
-                mm.madvise(mmap.MADV_DONTNEED)
-            except (OSError, ValueError):
-                pass

@@ -389,31 +389,39 @@ def write_readme(out: Path, args, stats: dict, samples: dict, command: str) -> N
 
 
 # ----------------------------------------------------------------------------- main
+def add_training_args(p: argparse.ArgumentParser, *, minutes: float, vocab: int, hidden: int, intermediate: int,
+                      layers: int, heads: int, kv_heads: int, ctx: int, seq_len: int, batch: int, lr: float,
+                      log_every: int, val_windows: int) -> None:
+    """The flags every trainer here shares (run, model shape, optimisation); defaults per script."""
+    p.add_argument("--minutes", type=float, default=minutes, help="training wall-clock budget")
+    p.add_argument("--steps", type=int, default=None, help="fixed step count (deterministic schedule)")
+    p.add_argument("--bench", type=int, default=0, help="time N steps, print, save nothing")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--vocab", type=int, default=vocab)
+    p.add_argument("--hidden", type=int, default=hidden)
+    p.add_argument("--intermediate", type=int, default=intermediate)
+    p.add_argument("--layers", type=int, default=layers)
+    p.add_argument("--heads", type=int, default=heads)
+    p.add_argument("--kv-heads", type=int, default=kv_heads)
+    p.add_argument("--ctx", type=int, default=ctx, help="max_position_embeddings")
+    p.add_argument("--seq-len", type=int, default=seq_len)
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--wd", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--log-every", type=int, default=log_every)
+    p.add_argument("--val-frac", type=float, default=0.05)
+    p.add_argument("--val-windows", type=int, default=val_windows, help="windows of the logged validation loss")
+
+
 def parse_args(argv=None):
     """Command-line flags; defaults are the shipped configuration."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="tinystories_val.txt")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget")
-    p.add_argument("--steps", type=int, default=None, help="fixed step count (deterministic schedule)")
-    p.add_argument("--bench", type=int, default=0, help="time N steps, print, save nothing")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--vocab", type=int, default=2048)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--intermediate", type=int, default=768)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--ctx", type=int, default=512, help="max_position_embeddings")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--wd", type=float, default=0.1)
-    p.add_argument("--warmup", type=int, default=30)
-    p.add_argument("--log-every", type=int, default=40)
-    p.add_argument("--val-frac", type=float, default=0.05)
-    p.add_argument("--val-windows", type=int, default=32)
+    add_training_args(p, minutes=20.0, vocab=2048, hidden=256, intermediate=768, layers=4, heads=4, kv_heads=2,
+                      ctx=512, seq_len=256, batch=8, lr=3e-3, log_every=40, val_windows=32)
     p.add_argument("--chat-frac", type=float, default=0.3)
     return p.parse_args(argv)
 

@@ -50,7 +50,7 @@ from ..errors import UnsupportedError
 from ..tables import AFFINE_BITS, AFFINE_GROUPS, QK_K, affine_name, quant_info
 from . import repack
 
-__all__ = ["Packed", "prepare", "linear", "dequantize", "embed_rows"]
+__all__ = ["Packed", "prepare", "concat_rows", "linear", "dequantize", "embed_rows"]
 
 TMAX = 8  # activations one kernel pass handles together (weights decoded once for all of them)
 # Largest T that still uses the packed kernels; above it: dequantized row tiles + BLAS.
@@ -886,6 +886,19 @@ def prepare(qtype: str, data, shape, scales=None, biases=None) -> Packed:
             perm = idx.transpose(0, 2, 1).reshape(colsp)  # kernel position -> element
     inv = None if perm is None else np.argsort(perm)
     return Packed(name, (rows, cols), spec, planes, colsp, perm, inv)
+
+
+def concat_rows(packs: list[Packed]) -> Packed | None:
+    """One Packed holding the rows of `packs` stacked (a fused projection such as
+    q|k|v), or None when they differ in type or row length.  One call then
+    quantizes the activations once and runs one parallel region for all of them."""
+    first = packs[0]
+    if any(p.qtype != first.qtype or p.colsp != first.colsp or p.shape[1] != first.shape[1]
+           or (p.perm is None) != (first.perm is None) for p in packs):
+        return None
+    planes = tuple(np.concatenate([p.planes[i] for p in packs], axis=0) for i in range(len(first.planes)))
+    rows = sum(p.shape[0] for p in packs)
+    return Packed(first.qtype, (rows, first.shape[1]), first.spec, planes, first.colsp, first.perm, first._inv)
 
 
 def _fast_call(p: Packed, key, disp, *args):

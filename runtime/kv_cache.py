@@ -61,6 +61,16 @@ class KVCache(CachePosition):
         self.pos = 0
 
     @property
+    def k16(self) -> np.ndarray:
+        """The fp16 keys as raw uint16 bits (a view, for numba code): (L, Hkv, Hd, n_ctx)."""
+        return self.k.view(np.uint16)
+
+    @property
+    def v16(self) -> np.ndarray:
+        """The fp16 values as raw uint16 bits (a view): (L, Hkv, n_ctx, Hd)."""
+        return self.v.view(np.uint16)
+
+    @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
 

@@ -108,24 +108,40 @@ class CPUBackend(Backend):
         for bid, layer in enumerate(self.layers):
             x = self._block(bid, layer, x, cache, start)
         cache.advance(T)
-        h = rms_norm(x[T - n_logits:], self.out_norm, self.hp.rms_eps)  # (n_logits, D)
+        h = self.norm(np.ascontiguousarray(x[T - n_logits:]), self.out_norm)  # (n_logits, D)
         return self.matmul(self.output, h)  # (n_logits, V)
 
     def _block(self, bid: int, w: dict, x: np.ndarray, cache: KVCache, start: int) -> np.ndarray:
-        hp = self.hp
-        T = x.shape[0]
-        h = rms_norm(x, w["attn_norm"], hp.rms_eps)  # (T, D)
-        q = self.matmul(w["attn_q"], h)  # (T, H*Hd)
-        k = self.matmul(w["attn_k"], h)  # (T, Hkv*Hd)
-        v = self.matmul(w["attn_v"], h)
+        h = self.norm(x, w["attn_norm"])  # (T, D)
+        q, k, v = self.project_qkv(w, h)  # (T, H*Hd), (T, Hkv*Hd), (T, Hkv*Hd)
+        a = self.attend(bid, q, k, v, cache, start)  # (T, H*Hd)
+        x = x + self.matmul(w["attn_output"], a)
+        h = self.norm(x, w["ffn_norm"])
+        f = self.ffn_act(w, h)  # (T, F)
+        return x + self.matmul(w["ffn_down"], f)  # (T, D)
+
+    # -- the steps of a block; the numba backend replaces some with fused kernels ---------
+    def norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """RMSNorm of x (T, D) with the file's eps."""
+        return rms_norm(x, weight, self.hp.rms_eps)
+
+    def project_qkv(self, w: dict, h: np.ndarray):
+        """q (T, H*Hd), k and v (T, Hkv*Hd), biases added."""
+        q, k, v = self.matmul(w["attn_q"], h), self.matmul(w["attn_k"], h), self.matmul(w["attn_v"], h)
         if "attn_q_bias" in w:
             q, k, v = q + w["attn_q_bias"], k + w["attn_k_bias"], v + w["attn_v_bias"]
+        return q, k, v
+
+    def attend(self, bid: int, q, k, v, cache: KVCache, start: int) -> np.ndarray:
+        """RoPE, store k/v at start.., causal attention over the cache: (T, H*Hd)."""
+        hp = self.hp
+        T = q.shape[0]
         q = self.rope(q.reshape(T, hp.n_head, hp.head_dim), start)  # (T, H, Hd)
         k = self.rope(k.reshape(T, hp.n_head_kv, hp.head_dim), start)  # (T, Hkv, Hd)
         cache.store(bid, k, v.reshape(T, hp.n_head_kv, hp.head_dim))
         kc, vc = cache.view(bid, start + T)  # (Hkv, Hd, S), (Hkv, S, Hd)
-        a = attention(q, kc, vc, start)  # (T, H*Hd)
-        x = x + self.matmul(w["attn_output"], a)
-        h = rms_norm(x, w["ffn_norm"], hp.rms_eps)
-        f = swiglu(self.matmul(w["ffn_gate"], h), self.matmul(w["ffn_up"], h))  # (T, F)
-        return x + self.matmul(w["ffn_down"], f)  # (T, D)
+        return attention(q, kc, vc, start)  # (T, H*Hd)
+
+    def ffn_act(self, w: dict, h: np.ndarray) -> np.ndarray:
+        """silu(h W_gate^T) * (h W_up^T): (T, F)."""
+        return swiglu(self.matmul(w["ffn_gate"], h), self.matmul(w["ffn_up"], h))

@@ -1,0 +1,216 @@
+"""numba versions of the non-matmul steps of a block, for the numba backend's decode.
+
+The numpy code in `ops.py` is the reference; these functions compute the same
+math without the per-call overhead of a dozen small numpy operations (measured
+on the 12-layer bench model: RMSNorm, RoPE, the fp16 cache's astype and the
+attention's reshapes cost 7 ms of a 13.5 ms token, more than the matmuls):
+
+    rms_norm(x, w, eps)                      x (T, D) -> (T, D)
+    swiglu_halves(gu)                        gu (T, 2F) = [gate | up] -> (T, F)
+    attend_f16(q, k, v, cos, sin, neox, kc, vc, start) -> (T, H*Hd)
+        RoPE on q and k, k/v stored into the fp16 cache, causal GQA attention.
+
+The fp16 KV cache is read and written here as its raw uint16 bits, because
+numba has no float16 type:
+
+    fp16 bits   s eeeee mmmmmmmmmm
+    fp32 bits   s eeeeeeee mmmmmmmmmm0000000000000
+    read:  ((h & 0x7fff) << 13) as fp32, times 2^112 (rebias 15 -> 127; exact for
+           normals, subnormals and zero), sign bit moved to bit 31.
+           fp16 inf/nan read as large finite numbers (the cache never holds them).
+    write: round to nearest even, the same bits numpy's astype(float16) gives
+           (tests/test_cpu_ops.py checks this on every exponent range).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+_TWO112 = np.float32(2.0 ** 112)
+
+
+@intrinsic
+def _as_f32(typingctx, bits):
+    """Reinterpret a uint32 as float32 (an LLVM bitcast; vectorizes)."""
+    sig = types.float32(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _as_u32(typingctx, val):
+    """Reinterpret a float32 as uint32."""
+    sig = types.uint32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def _h2f(h):
+    """fp16 bits (uint16) -> float32 value."""
+    u = np.uint32(h)
+    mag = _as_f32((u & np.uint32(0x7FFF)) << np.uint32(13)) * _TWO112
+    return _as_f32(_as_u32(mag) | ((u & np.uint32(0x8000)) << np.uint32(16)))
+
+
+@njit(inline="always")
+def _f2h(x):
+    """float32 value -> fp16 bits (uint16), round to nearest even, overflow to inf."""
+    b = _as_u32(np.float32(x))
+    sign = np.uint32((b >> np.uint32(16)) & np.uint32(0x8000))
+    e = np.int32((b >> np.uint32(23)) & np.uint32(0xFF))
+    m = np.uint32(b & np.uint32(0x7FFFFF))
+    if e == 255:  # inf / nan
+        return np.uint16(sign | np.uint32(0x7C00) | (np.uint32(0x200) if m else np.uint32(0)))
+    e16 = e - 112  # e - 127 + 15
+    if e16 >= 31:
+        return np.uint16(sign | np.uint32(0x7C00))
+    if e16 <= 0:  # subnormal half (or zero)
+        if e16 < -10:
+            return np.uint16(sign)
+        m = m | np.uint32(0x800000)
+        shift = np.uint32(14 - e16)
+        half = m >> shift
+        rem = m & ((np.uint32(1) << shift) - np.uint32(1))
+        mid = np.uint32(1) << (shift - np.uint32(1))
+        if rem > mid or (rem == mid and (half & np.uint32(1))):
+            half += np.uint32(1)
+        return np.uint16(sign | half)
+    half = (np.uint32(e16) << np.uint32(10)) | (m >> np.uint32(13))
+    rem = m & np.uint32(0x1FFF)
+    if rem > np.uint32(0x1000) or (rem == np.uint32(0x1000) and (half & np.uint32(1))):
+        half += np.uint32(1)  # a carry into the exponent is the correct rounding (up to inf)
+    return np.uint16(sign | half)
+
+
+@njit(cache=True)
+def f32_to_f16_bits(x):
+    """float32 array (any shape, C order) -> uint16 fp16 bits of the same shape."""
+    flat = x.reshape(-1)
+    out = np.empty(flat.size, np.uint16)
+    for i in range(flat.size):
+        out[i] = _f2h(flat[i])
+    return out.reshape(x.shape)
+
+
+@njit(cache=True)
+def f16_bits_to_f32(h):
+    """uint16 fp16 bits (any shape, C order) -> float32 values."""
+    flat = h.reshape(-1)
+    out = np.empty(flat.size, np.float32)
+    for i in range(flat.size):
+        out[i] = _h2f(flat[i])
+    return out.reshape(h.shape)
+
+
+@njit(cache=True, fastmath=True)
+def rms_norm(x, w, eps):
+    """x * w / sqrt(mean(x^2) + eps) per row.  x (T, D) float32, w (D,) -> (T, D)."""
+    T, D = x.shape
+    out = np.empty((T, D), np.float32)
+    for t in range(T):
+        s = np.float32(0.0)
+        for i in range(D):
+            s += x[t, i] * x[t, i]
+        inv = np.float32(1.0) / np.sqrt(s / np.float32(D) + np.float32(eps))
+        for i in range(D):
+            out[t, i] = x[t, i] * inv * w[i]
+    return out
+
+
+@njit(cache=True, fastmath=True)
+def swiglu_halves(gu):
+    """silu(gate) * up for gu (T, 2F) = [gate (T, F) | up (T, F)] -> (T, F)."""
+    T, F2 = gu.shape
+    F = F2 // 2
+    out = np.empty((T, F), np.float32)
+    for t in range(T):
+        for i in range(F):
+            g = gu[t, i]
+            # exp(-g) overflows to inf for g < -88: g / inf = -0, silu's limit
+            out[t, i] = g / (np.float32(1.0) + np.exp(-g)) * gu[t, F + i]
+    return out
+
+
+@njit(cache=True, fastmath=True)
+def _rope_rows(x, cos, sin, start, neox):
+    """Rotate x (T, nH, Hd) in place; cos/sin (n_ctx, n_rot/2) give n_rot."""
+    T, nh, _ = x.shape
+    half = cos.shape[1]
+    for t in range(T):
+        c, s = cos[start + t], sin[start + t]
+        for h in range(nh):
+            row = x[t, h]
+            for i in range(half):
+                ia, ib = (i, i + half) if neox else (2 * i, 2 * i + 1)
+                a, b = row[ia], row[ib]
+                row[ia] = a * c[i] - b * s[i]
+                row[ib] = a * s[i] + b * c[i]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def attend_f16(q, k, v, cos, sin, neox, kc, vc, start):
+    """RoPE + fp16 cache store + causal grouped-query attention, in one call.
+
+    q (T, H, Hd), k and v (T, Hkv, Hd): float32 projections before RoPE (changed in place).
+    cos, sin (n_ctx, n_rot/2): `ops.Rope` tables.  neox: RoPE pairing (see ops.Rope).
+    kc (Hkv, Hd, n_ctx), vc (Hkv, n_ctx, Hd): one layer of the fp16 cache as uint16 bits;
+    positions start..start+T-1 are written.  Returns (T, H*Hd) float32; query head h
+    reads kv head h // (H / Hkv); token t sees positions 0..start+t.
+    """
+    T, H, Hd = q.shape
+    Hkv = k.shape[1]
+    G = H // Hkv
+    _rope_rows(q, cos, sin, start, neox)
+    _rope_rows(k, cos, sin, start, neox)
+    for t in range(T):
+        for h in range(Hkv):
+            for d in range(Hd):
+                kc[h, d, start + t] = _f2h(k[t, h, d])
+                vc[h, start + t, d] = _f2h(v[t, h, d])
+    S = start + T
+    scale = np.float32(1.0 / math.sqrt(Hd))
+    out = np.empty((T, H * Hd), np.float32)
+    for hk in prange(Hkv):
+        sc = np.empty(S, np.float32)
+        acc = np.empty(Hd, np.float32)
+        for g in range(G):
+            hq = hk * G + g
+            for t in range(T):
+                n = start + t + 1  # causal: keys 0..start+t
+                for s in range(n):
+                    sc[s] = 0.0
+                for d in range(Hd):  # scores (n,) = q . K[:, :n]; K rows contiguous in s
+                    qd = q[t, hq, d] * scale
+                    krow = kc[hk, d]
+                    for s in range(n):
+                        sc[s] += qd * _h2f(krow[s])
+                m = sc[0]
+                for s in range(1, n):
+                    m = max(m, sc[s])
+                tot = np.float32(0.0)
+                for s in range(n):
+                    e = np.exp(sc[s] - m)
+                    sc[s] = e
+                    tot += e
+                for d in range(Hd):
+                    acc[d] = 0.0
+                for s in range(n):  # acc (Hd,) = p . V[:n]; V rows contiguous in d
+                    p = sc[s]
+                    vrow = vc[hk, s]
+                    for d in range(Hd):
+                        acc[d] += p * _h2f(vrow[d])
+                inv = np.float32(1.0) / tot
+                for d in range(Hd):
+                    out[t, hq * Hd + d] = acc[d] * inv
+    return out

@@ -1,0 +1,88 @@
+"""The numba block steps (runtime/cpu_ops.py) against the numpy reference (runtime/ops.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeslim.runtime import cpu_ops, kernels
+from edgeslim.runtime.kv_cache import KVCache
+from edgeslim.runtime.ops import Rope, attention, rms_norm, swiglu
+
+
+def test_f16_bits_read_every_pattern():
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    ref = bits.view(np.float16).astype(np.float32)
+    got = cpu_ops.f16_bits_to_f32(bits)
+    finite = np.isfinite(ref)
+    assert np.array_equal(got[finite].view(np.uint32), ref[finite].view(np.uint32))  # incl. -0, subnormals
+
+
+def test_f16_bits_write_rounds_like_numpy():
+    rng = np.random.default_rng(0)
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    halves = halves[np.isfinite(halves)]
+    mids = (halves[:-1].astype(np.float64) + halves[1:]) / 2  # ties between neighbours (sorted runs)
+    x = np.concatenate([
+        rng.standard_normal(200_000).astype(np.float32) * np.float32(10.0) ** rng.integers(-9, 6, 200_000),
+        halves, halves * np.float32(1.0004883), mids.astype(np.float32),
+        np.array([65519, 65520, 1e9, -1e9, np.inf, -np.inf, 0.0, -0.0, 2 ** -25, 2 ** -24 * 1.5], np.float32),
+    ]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        ref = x.astype(np.float16).view(np.uint16)
+    assert np.array_equal(cpu_ops.f32_to_f16_bits(x), ref)
+    assert np.isnan(cpu_ops.f32_to_f16_bits(np.array([np.nan], np.float32)).view(np.float16)[0])
+
+
+def test_rms_norm_and_swiglu_match_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 96)).astype(np.float32)
+    w = rng.standard_normal(96).astype(np.float32)
+    np.testing.assert_allclose(cpu_ops.rms_norm(x, w, 1e-5), rms_norm(x, w, 1e-5), rtol=1e-5, atol=1e-6)
+    gu = (rng.standard_normal((2, 2 * 64)) * 30).astype(np.float32)  # large |gate|: exp overflow side
+    ref = swiglu(gu[:, :64], gu[:, 64:])
+    np.testing.assert_allclose(cpu_ops.swiglu_halves(gu), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("n_head,n_kv,n_rot", [(4, 2, 16), (4, 4, 8), (6, 1, 16)])
+@pytest.mark.parametrize("T", [1, 5])
+def test_attend_f16_matches_numpy_path(neox, n_head, n_kv, n_rot, T):
+    rng = np.random.default_rng(2)
+    hd, n_ctx, start = 16, 32, 7
+    rope = Rope(n_rot, 10000.0, n_ctx, neox)
+    ref_cache = KVCache(1, n_kv, hd, n_ctx)
+    ref_cache.k[:] = rng.standard_normal(ref_cache.k.shape).astype(np.float16)  # earlier positions
+    ref_cache.v[:] = rng.standard_normal(ref_cache.v.shape).astype(np.float16)
+    ref_cache.pos = start
+    ours = KVCache(1, n_kv, hd, n_ctx)
+    ours.k[:], ours.v[:], ours.pos = ref_cache.k, ref_cache.v, start
+    q = rng.standard_normal((T, n_head, hd)).astype(np.float32)
+    k = rng.standard_normal((T, n_kv, hd)).astype(np.float32)
+    v = rng.standard_normal((T, n_kv, hd)).astype(np.float32)
+
+    qr, kr = rope(q, start), rope(k, start)  # the numpy path of CPUBackend.attend
+    ref_cache.store(0, kr, v)
+    kc, vc = ref_cache.view(0, start + T)
+    want = attention(qr, kc, vc, start)  # (T, H*Hd)
+
+    got = cpu_ops.attend_f16(q.copy(), k.copy(), v.copy(), rope.cos, rope.sin, neox, ours.k16[0], ours.v16[0],
+                             start)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+    assert np.array_equal(ours.k16, ref_cache.k16) and np.array_equal(ours.v16, ref_cache.v16)  # same fp16 bits
+
+
+def test_concat_rows_equals_separate_matmuls():
+    rng = np.random.default_rng(3)
+    from edgeslim.quants import quantize
+
+    parts = []
+    for rows in (64, 32, 32):
+        w = rng.standard_normal((rows, 256)).astype(np.float32)
+        qt = quantize(w, "Q4_K")
+        parts.append(kernels.prepare("Q4_K", qt.data, (rows, 256)))
+    fused = kernels.concat_rows(parts)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    want = np.concatenate([kernels.linear(p, x) for p in parts], axis=1)
+    np.testing.assert_array_equal(kernels.linear(fused, x), want)
+    other = kernels.prepare("F32", rng.standard_normal((8, 256)).astype(np.float32).view(np.uint8), (8, 256))
+    assert kernels.concat_rows([parts[0], other]) is None  # different types are not fused

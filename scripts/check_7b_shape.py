@@ -167,7 +167,7 @@ def write_model(folder: Path, layers: int, seed: int) -> None:
 
 # ------------------------------------------------------------------------------- run
 def time_v(cmd: list[str]) -> tuple[int, dict, str]:
-    """Run cmd under /usr/bin/time -v; (exit code, {peak_rss_bytes, wall_s}, combined output)."""
+    """Run cmd under /usr/bin/time -v; (exit code, {peak_rss_bytes, wall_s, cpu_s}, combined output)."""
     proc = subprocess.run(["/usr/bin/time", "-v", *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
     out = proc.stdout
@@ -178,7 +178,10 @@ def time_v(cmd: list[str]) -> tuple[int, dict, str]:
         secs = 0.0
         for part in wall.group(1).split(":"):
             secs = secs * 60 + float(part)
-    return proc.returncode, {"peak_rss_bytes": int(rss.group(1)) * 1024 if rss else None, "wall_s": secs}, out
+    cpu = [re.search(rf"{kind} time \(seconds\): ([\d.]+)", out) for kind in ("User", "System")]
+    cpu_s = sum(float(m.group(1)) for m in cpu) if all(cpu) else None
+    return proc.returncode, {"peak_rss_bytes": int(rss.group(1)) * 1024 if rss else None, "wall_s": secs,
+                             "cpu_s": cpu_s}, out
 
 
 def cli_has(flag: str) -> bool:
@@ -245,9 +248,10 @@ def main(argv=None) -> int:
     print(f"  output file  {size / 1e9:.3f} GB ({size / 2**30:.3f} GiB): {verdict(size, GOAL_FILE)}"
           + ("" if args.layers == 32 else "  [goal is for the 32-layer model]"))
     print(f"  peak RSS     {rss / 1e9:.3f} GB ({rss / 2**30:.3f} GiB): {verdict(rss, GOAL_RSS)}")
-    print(f"  wall time    {stats['wall_s']:.0f} s")
+    print(f"  wall time    {stats['wall_s']:.0f} s, CPU time {stats['cpu_s'] or 0:.0f} s (user + system; the fair "
+          "figure when the machine is shared)")
     print("JSON " + json.dumps({"layers": args.layers, "params": n_params, "file_bytes": size, "peak_rss_bytes": rss,
-                                "wall_s": stats["wall_s"], "command": " ".join(cmd)}))
+                                "wall_s": stats["wall_s"], "cpu_s": stats["cpu_s"], "command": " ".join(cmd)}))
     if not args.keep_output:
         out.unlink()
     return 0

@@ -112,10 +112,22 @@ def as_chat(story: str, rng: random.Random) -> str:
     return f"User: {instruction}\nAssistant: {story}"
 
 
-def make_documents(stories: list[str], val_frac: float, chat_frac: float, seed: int):
-    """Return (train_docs, val_docs): val is the last stories, plain; train partly chat."""
+def load_extra(paths: list[Path]) -> list[str]:
+    """Stories from JSON-lines files (one JSON string per line, e.g. scripts/sample_stories.py)."""
+    out = []
+    for path in paths:
+        if not path.is_file():
+            sys.exit(f"train_demo_model: extra data {path} not found; make it with scripts/sample_stories.py")
+        out += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [s for s in out if s.strip()]
+
+
+def make_documents(stories: list[str], val_frac: float, chat_frac: float, seed: int,
+                   extra: list[str] = (), real_repeat: int = 1):
+    """Return (train_docs, val_docs): val is the last real stories, plain; train = the other
+    real stories (real_repeat times) + extra stories, partly wrapped as chat."""
     n_val = max(1, round(len(stories) * val_frac))
-    train, val = stories[:-n_val], stories[-n_val:]
+    train, val = stories[:-n_val] * real_repeat + list(extra), stories[-n_val:]
     rng = random.Random(seed)
     train = [as_chat(s, rng) if rng.random() < chat_frac else s for s in train]
     return train, val
@@ -385,6 +397,16 @@ def write_readme(out: Path, args, stats: dict, samples: dict, command: str) -> N
         "dataset card (roneneldan/TinyStories) lists CDLA-Sharing-1.0.",
         "",
     ]
+    if stats.get("extra_docs"):
+        lines[-1:-1] = [
+            f"The real training stories were included {args.real_repeat} time(s), together with "
+            f"{stats['extra_docs']:,} stories",
+            "sampled from Karpathy's stories260K model (`../shared/data/models/stories260K`, trained on",
+            "TinyStories; MIT) by `scripts/sample_stories.py` (temperature 0.9, top-p 0.95), to give the",
+            "model more text in the same register than the ~200k-token excerpt. Validation uses only",
+            "held-out real stories.",
+            "",
+        ]
     (out / "README.md").write_text("\n".join(lines))
 
 
@@ -423,6 +445,9 @@ def parse_args(argv=None):
     add_training_args(p, minutes=20.0, vocab=2048, hidden=256, intermediate=768, layers=4, heads=4, kv_heads=2,
                       ctx=512, seq_len=256, batch=8, lr=3e-3, log_every=40, val_windows=32)
     p.add_argument("--chat-frac", type=float, default=0.3)
+    p.add_argument("--extra-data", type=Path, action="append", default=[],
+                   help="JSON-lines stories added to training (scripts/sample_stories.py); repeatable")
+    p.add_argument("--real-repeat", type=int, default=1, help="times the real training stories are included")
     return p.parse_args(argv)
 
 
@@ -437,8 +462,9 @@ def main(argv=None) -> None:
     torch.use_deterministic_algorithms(True)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
 
+    extra = load_extra(args.extra_data)
     train_docs, val_docs = make_documents(load_stories(args.data), args.val_frac,
-                                          args.chat_frac, args.seed)
+                                          args.chat_frac, args.seed, extra, args.real_repeat)
     with tempfile.TemporaryDirectory() as tmp:
         spm_file = train_tokenizer(train_docs, args.vocab, Path(tmp), args.seed)
         sp = spm.SentencePieceProcessor(model_file=str(spm_file))
@@ -453,7 +479,7 @@ def main(argv=None) -> None:
         if args.bench:
             return
         stats.update(
-            params=n_params, train_docs=len(train_docs), val_docs=len(val_docs),
+            params=n_params, train_docs=len(train_docs), val_docs=len(val_docs), extra_docs=len(extra),
             train_tokens=len(train_ids), val_tokens=len(val_ids),
             train_loss=mean_loss(model, train_ids, args.seq_len, args.val_windows),
             val_loss=mean_loss(model, val_ids, args.seq_len, 10**6),

@@ -38,6 +38,29 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
+import sys  # noqa: E402
+
+
+def _import_numba_arraymath_without_scipy() -> None:
+    """Import numba's array-math registry without letting it import scipy.linalg.
+
+    numba imports `scipy.linalg.cython_blas` when this module loads (0.4 s of a ~2 s
+    start-up where scipy is installed) only to pick the inner loop of np.convolve /
+    np.correlate; np.dot and np.linalg check for scipy again when they compile, so they
+    are unaffected. The runtime uses none of them. Nothing changes when scipy.linalg is
+    already imported.
+    """
+    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+        return
+    sys.modules["scipy.linalg"] = None  # makes `import scipy.linalg...` raise ImportError at once
+    try:
+        import numba.np.arraymath  # noqa: F401
+    finally:
+        del sys.modules["scipy.linalg"]
+
+
+_import_numba_arraymath_without_scipy()
+
 from ...errors import UnsupportedError  # noqa: E402
 from .. import cpu_ops, kernels  # noqa: E402
 from ..loader import ModelFile, WeightSource  # noqa: E402

@@ -7,7 +7,7 @@ attention's reshapes cost 7 ms of a 13.5 ms token, more than the matmuls):
 
     rms_norm(x, w, eps)                      x (T, D) -> (T, D)
     swiglu_halves(gu)                        gu (T, 2F) = [gate | up] -> (T, F)
-    attend_f16(q, k, v, cos, sin, neox, kc, vc, start) -> (T, H*Hd)
+    attend_f16(qkv, n_head, cos, sin, neox, kc, vc, start) -> (T, H*Hd)
         RoPE on q and k, k/v stored into the fp16 cache, causal GQA attention.
 
 The fp16 KV cache is read and written here as its raw uint16 bits, because
@@ -143,41 +143,47 @@ def swiglu_halves(gu):
 
 
 @njit(cache=True, fastmath=True)
-def _rope_rows(x, cos, sin, start, neox):
-    """Rotate x (T, nH, Hd) in place; cos/sin (n_ctx, n_rot/2) give n_rot."""
-    T, nh, _ = x.shape
+def _roped(qkv, col0, n, hd, cos, sin, start, neox):
+    """Heads col0/hd .. +n of qkv (T, cols), rotated: (T, n, hd); cos/sin (n_ctx, n_rot/2) give n_rot."""
+    T = qkv.shape[0]
+    out = np.empty((T, n, hd), np.float32)
     half = cos.shape[1]
     for t in range(T):
         c, s = cos[start + t], sin[start + t]
-        for h in range(nh):
-            row = x[t, h]
+        for h in range(n):
+            base = col0 + h * hd
+            dst = out[t, h]
+            for i in range(hd):
+                dst[i] = qkv[t, base + i]
             for i in range(half):
                 ia, ib = (i, i + half) if neox else (2 * i, 2 * i + 1)
-                a, b = row[ia], row[ib]
-                row[ia] = a * c[i] - b * s[i]
-                row[ib] = a * s[i] + b * c[i]
+                a, b = qkv[t, base + ia], qkv[t, base + ib]
+                dst[ia] = a * c[i] - b * s[i]
+                dst[ib] = a * s[i] + b * c[i]
+    return out
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def attend_f16(q, k, v, cos, sin, neox, kc, vc, start):
+def _attend(qkv, n_head, cos, sin, neox, kc, vc, start):
     """RoPE + fp16 cache store + causal grouped-query attention, in one call.
 
-    q (T, H, Hd), k and v (T, Hkv, Hd): float32 projections before RoPE (changed in place).
+    qkv (T, (H + 2*Hkv)*Hd) float32: the q | k | v projections of T tokens before RoPE.
     cos, sin (n_ctx, n_rot/2): `ops.Rope` tables.  neox: RoPE pairing (see ops.Rope).
     kc (Hkv, Hd, n_ctx), vc (Hkv, n_ctx, Hd): one layer of the fp16 cache as uint16 bits;
     positions start..start+T-1 are written.  Returns (T, H*Hd) float32; query head h
     reads kv head h // (H / Hkv); token t sees positions 0..start+t.
     """
-    T, H, Hd = q.shape
-    Hkv = k.shape[1]
+    T = qkv.shape[0]
+    Hkv, Hd = kc.shape[0], kc.shape[1]
+    H = n_head
     G = H // Hkv
-    _rope_rows(q, cos, sin, start, neox)
-    _rope_rows(k, cos, sin, start, neox)
+    q = _roped(qkv, 0, H, Hd, cos, sin, start, neox)  # (T, H, Hd)
+    k = _roped(qkv, H * Hd, Hkv, Hd, cos, sin, start, neox)  # (T, Hkv, Hd)
+    v0 = (H + Hkv) * Hd
     for t in range(T):
         for h in range(Hkv):
             for d in range(Hd):
                 kc[h, d, start + t] = _f2h(k[t, h, d])
-                vc[h, start + t, d] = _f2h(v[t, h, d])
+                vc[h, start + t, d] = _f2h(qkv[t, v0 + h * Hd + d])
     S = start + T
     scale = np.float32(1.0 / math.sqrt(Hd))
     out = np.empty((T, H * Hd), np.float32)
@@ -214,3 +220,17 @@ def attend_f16(q, k, v, cos, sin, neox, kc, vc, start):
                 for d in range(Hd):
                     out[t, hq * Hd + d] = acc[d] * inv
     return out
+
+
+# Two compilations of one body: below PARALLEL_ATTN_WORK (kv elements read per call) a
+# parallel region costs more than it saves (measured: ~58 us per layer at ~70 positions).
+attend_serial = njit(cache=True, fastmath=True)(_attend)
+attend_parallel = njit(cache=True, parallel=True, fastmath=True)(_attend)
+PARALLEL_ATTN_WORK = 1 << 18
+
+
+def attend_f16(qkv, n_head, cos, sin, neox, kc, vc, start):
+    """`_attend` (see there), parallel over kv heads when the cache read is large enough."""
+    work = kc.shape[0] * kc.shape[1] * (start + qkv.shape[0]) * (n_head // kc.shape[0])
+    fn = attend_parallel if work >= PARALLEL_ATTN_WORK else attend_serial
+    return fn(qkv, n_head, cos, sin, neox, kc, vc, start)

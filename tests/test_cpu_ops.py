@@ -65,10 +65,13 @@ def test_attend_f16_matches_numpy_path(neox, n_head, n_kv, n_rot, T):
     kc, vc = ref_cache.view(0, start + T)
     want = attention(qr, kc, vc, start)  # (T, H*Hd)
 
-    got = cpu_ops.attend_f16(q.copy(), k.copy(), v.copy(), rope.cos, rope.sin, neox, ours.k16[0], ours.v16[0],
-                             start)
-    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
-    assert np.array_equal(ours.k16, ref_cache.k16) and np.array_equal(ours.v16, ref_cache.v16)  # same fp16 bits
+    qkv = np.concatenate([q.reshape(T, -1), k.reshape(T, -1), v.reshape(T, -1)], axis=1)  # (T, (H+2Hkv)*Hd)
+    for fn in (cpu_ops.attend_serial, cpu_ops.attend_parallel):
+        ours.k[:], ours.v[:] = ref_cache.k, ref_cache.v
+        ours.k[..., start:start + T], ours.v[:, :, start:start + T] = 0, 0  # what the call must write
+        got = fn(qkv, n_head, rope.cos, rope.sin, neox, ours.k16[0], ours.v16[0], start)
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+        assert np.array_equal(ours.k16, ref_cache.k16) and np.array_equal(ours.v16, ref_cache.v16)  # same bits
 
 
 def test_concat_rows_equals_separate_matmuls():

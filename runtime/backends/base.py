@@ -113,8 +113,8 @@ class CPUBackend(Backend):
 
     def _block(self, bid: int, w: dict, x: np.ndarray, cache: KVCache, start: int) -> np.ndarray:
         h = self.norm(x, w["attn_norm"])  # (T, D)
-        q, k, v = self.project_qkv(w, h)  # (T, H*Hd), (T, Hkv*Hd), (T, Hkv*Hd)
-        a = self.attend(bid, q, k, v, cache, start)  # (T, H*Hd)
+        qkv = self.project_qkv(w, h)  # the backend's form of q, k, v (here a tuple)
+        a = self.attend(bid, qkv, cache, start)  # (T, H*Hd)
         x = x + self.matmul(w["attn_output"], a)
         h = self.norm(x, w["ffn_norm"])
         f = self.ffn_act(w, h)  # (T, F)
@@ -132,9 +132,10 @@ class CPUBackend(Backend):
             q, k, v = q + w["attn_q_bias"], k + w["attn_k_bias"], v + w["attn_v_bias"]
         return q, k, v
 
-    def attend(self, bid: int, q, k, v, cache: KVCache, start: int) -> np.ndarray:
+    def attend(self, bid: int, qkv, cache: KVCache, start: int) -> np.ndarray:
         """RoPE, store k/v at start.., causal attention over the cache: (T, H*Hd)."""
         hp = self.hp
+        q, k, v = qkv
         T = q.shape[0]
         q = self.rope(q.reshape(T, hp.n_head, hp.head_dim), start)  # (T, H, Hd)
         k = self.rope(k.reshape(T, hp.n_head_kv, hp.head_dim), start)  # (T, Hkv, Hd)

@@ -70,7 +70,7 @@ from .numpy_backend import dequantize_source  # noqa: E402
 # Up to this many tokens per forward call attention runs in `cpu_ops.attend_f16`; beyond
 # it the numpy attention (BLAS matmuls over the whole prompt) is faster.
 ATTN_T_MAX = 16
-QKV, GATE_UP = "attn_qkv", "ffn_gate_up"
+QKV, QKV_BIAS, GATE_UP = "attn_qkv", "attn_qkv_bias", "ffn_gate_up"
 
 
 class NumbaBackend(CPUBackend):
@@ -100,36 +100,38 @@ class NumbaBackend(CPUBackend):
         for fused, roles in ((QKV, ("attn_q", "attn_k", "attn_v")), (GATE_UP, ("ffn_gate", "ffn_up"))):
             packed = kernels.concat_rows([layer[r] for r in roles])
             if packed is not None:  # same type: one matrix; the parts are dropped
-                layer[fused] = (packed, np.cumsum([layer.pop(r).shape[0] for r in roles])[:-1])
+                layer[fused] = packed
+                for r in roles:
+                    del layer[r]
+        if "attn_q_bias" in layer:
+            layer[QKV_BIAS] = np.concatenate([layer[f"attn_{r}_bias"] for r in "qkv"]).astype(np.float32)
         return layer
 
     # -- the block steps (see CPUBackend._block) ---------------------------------------
     def norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
         return cpu_ops.rms_norm(np.ascontiguousarray(x, dtype=np.float32), weight, self.hp.rms_eps)
 
-    def project_qkv(self, w: dict, h: np.ndarray):
+    def project_qkv(self, w: dict, h: np.ndarray) -> np.ndarray:
+        """q | k | v as one (T, (H + 2*Hkv)*Hd) array."""
         if QKV not in w:
-            return super().project_qkv(w, h)
-        packed, cuts = w[QKV]
-        q, k, v = np.split(self.matmul(packed, h), cuts, axis=1)  # (T, H*Hd), (T, Hkv*Hd) x2
+            return np.concatenate(super().project_qkv(w, h), axis=1)
+        qkv = self.matmul(w[QKV], h)
         if "attn_q_bias" in w:
-            q, k, v = q + w["attn_q_bias"], k + w["attn_k_bias"], v + w["attn_v_bias"]
-        return q, k, v
+            qkv += w[QKV_BIAS]
+        return qkv
 
-    def attend(self, bid: int, q, k, v, cache, start: int) -> np.ndarray:
-        T = q.shape[0]
-        if T > ATTN_T_MAX or cache.dtype != np.float16:
-            return super().attend(bid, q, k, v, cache, start)
+    def attend(self, bid: int, qkv: np.ndarray, cache, start: int) -> np.ndarray:
         hp = self.hp
-        shape = (T, -1, hp.head_dim)
-        return cpu_ops.attend_f16(np.ascontiguousarray(q).reshape(shape), np.ascontiguousarray(k).reshape(shape),
-                                  np.ascontiguousarray(v).reshape(shape), self.rope.cos, self.rope.sin,
-                                  self.model.arch.rope_neox, cache.k16[bid], cache.v16[bid], start)
+        if qkv.shape[0] > ATTN_T_MAX or cache.dtype != np.float16:
+            cuts = (hp.n_head * hp.head_dim, (hp.n_head + hp.n_head_kv) * hp.head_dim)
+            return super().attend(bid, np.split(qkv, cuts, axis=1), cache, start)
+        return cpu_ops.attend_f16(qkv, hp.n_head, self.rope.cos, self.rope.sin, self.model.arch.rope_neox,
+                                  cache.k16[bid], cache.v16[bid], start)
 
     def ffn_act(self, w: dict, h: np.ndarray) -> np.ndarray:
         if GATE_UP not in w:
             return super().ffn_act(w, h)
-        return cpu_ops.swiglu_halves(self.matmul(w[GATE_UP][0], h))  # (T, 2F) -> (T, F)
+        return cpu_ops.swiglu_halves(self.matmul(w[GATE_UP], h))  # (T, 2F) -> (T, F)
 
     def matmul(self, w, x: np.ndarray) -> np.ndarray:
         return kernels.linear(w, np.ascontiguousarray(x, dtype=np.float32))  # (T, rows)

@@ -132,6 +132,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokens", type=int, default=3_000_000, help="stop after this many stories260K tokens")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--minutes", type=float, default=None, help="also stop after this wall-clock time")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--max-len", type=int, default=512, help="stories260K's training length")
     p.add_argument("--temp", type=float, default=0.9)
@@ -156,7 +157,8 @@ def main(argv=None) -> int:
     n_tok = n_story = 0
     t0 = time.perf_counter()
     with tmp.open("w", encoding="utf-8") as fh:
-        while n_tok < args.tokens:
+        deadline = t0 + 60 * args.minutes if args.minutes else math.inf
+        while n_tok < args.tokens and time.perf_counter() < deadline:
             for ids in run_batch(model, args.batch, args.max_len, args.temp, args.top_p, gen, stop_ids):
                 fh.write(json.dumps(tok.decode(ids).strip()) + "\n")
                 n_tok += len(ids)

@@ -29,12 +29,17 @@ and GOAL lines, printed as measured, for every edgeslim configuration:
   GOAL1 at equal file size, ΔPPL <= 0.7 x the best peer (every edgeslim size the peers span);
   GOAL2 at 3.0 bpw, ΔPPL <= the best peer's at 4.0 bpw;
   GOAL3 at 4.0 bpw, ΔPPL <= llama.cpp+imatrix's at the same file size (parity).
+The goals are printed twice: in ΔPPL, the issue's metric, and in mean KL(F16 ‖ quantized),
+llama.cpp's own quantization-quality metric. ΔPPL measures only how the probability of the
+actual next tokens moved; on a small model evaluated out of domain, quantization noise can
+move it either way (a few llama.cpp files score below F16), while KL measures the
+distance from the F16 model's distributions at every position and does not go below zero.
 "The best peer at size S" is the lower envelope of all llama.cpp / llama.cpp+imatrix / mlx-lm
 points, linearly interpolated in file bytes (or bits per weight for GOAL2), flat beyond the
 largest peer file, undefined below the smallest.
 
 Usage:
-    python scripts/bench_quality.py --model ref --md docs/benchmarks.md
+    python scripts/bench_quality.py --model ref --md docs/quality-ref.md      # the page docs/benchmarks.md links
     python scripts/bench_quality.py --model stories260k --max-chunks 4 --bpw 3.0,4.0
     python scripts/bench_quality.py --model /tmp/refsmoke --only llamacpp --max-chunks 2
 """
@@ -533,20 +538,23 @@ def at(env: list[tuple[float, float]], x: float) -> float | None:
     return env[-1][1]
 
 
-def goal_lines(results: list[dict]) -> list[str]:
-    """GOAL1..3 for every edgeslim configuration, as measured."""
+METRICS = {"dppl": "dPPL", "kl_mean": "KL"}  # the goals in the issue's metric, then in KL (see docstring)
+
+
+def goal_lines(results: list[dict], metric: str = "dppl") -> list[str]:
+    """GOAL1..3 for every edgeslim configuration, as measured, in `metric` (dppl or kl_mean)."""
     ok = [r for r in results if r["status"] == "ok"]
     peers = [r for r in ok if r["method"] in PEERS]
-    by_bytes = envelope([(r["file_bytes"], r["dppl"]) for r in peers])
-    by_bpw = envelope([(r["bpw"], r["dppl"]) for r in peers])
-    imat = envelope([(r["file_bytes"], r["dppl"]) for r in peers if r["method"] == "llama.cpp+imatrix"])
+    by_bytes = envelope([(r["file_bytes"], r[metric]) for r in peers])
+    by_bpw = envelope([(r["bpw"], r[metric]) for r in peers])
+    imat = envelope([(r["file_bytes"], r[metric]) for r in peers if r["method"] == "llama.cpp+imatrix"])
     lines = []
     if not peers:
         return ["GOAL: no peer results (llama.cpp / mlx-lm) to compare with"]
     series = sorted({r["series"] for r in ok if r["method"] == "edgeslim"})
     for s in series:
         pts = sorted((r for r in ok if r["series"] == s), key=lambda r: r["target_bpw"])
-        lines += [goal1(s, pts, by_bytes), goal2(s, pts, by_bpw), goal3(s, pts, imat)]
+        lines += [goal1(s, pts, by_bytes, metric), goal2(s, pts, by_bpw, metric), goal3(s, pts, imat, metric)]
     return lines
 
 
@@ -554,42 +562,45 @@ def _verdict(ok: bool) -> str:
     return "MET" if ok else "NOT MET"
 
 
-def goal1(s: str, pts: list[dict], env) -> str:
+def goal1(s: str, pts: list[dict], env, metric: str = "dppl") -> str:
+    m = METRICS[metric]
     parts, fails, tested = [], 0, 0
     for r in pts:
         peer = at(env, r["file_bytes"])
         if peer is None:
             parts.append(f"{r['target_bpw']:g}: no peer this small")
         elif peer <= 0:
-            parts.append(f"{r['target_bpw']:g}: peer dPPL {peer:+.3f} <= 0, untestable")
+            parts.append(f"{r['target_bpw']:g}: peer {m} {peer:+.4g} <= 0, untestable")
         else:
             tested += 1
-            ratio = r["dppl"] / peer
+            ratio = r[metric] / peer
             fails += ratio > GOAL1_RATIO
-            parts.append(f"{r['target_bpw']:g}: {r['dppl']:+.3f} vs {peer:+.3f} = {ratio:.2f}x")
+            parts.append(f"{r['target_bpw']:g}: {r[metric]:+.4g} vs {peer:+.4g} = {ratio:.2f}x")
     verdict = "UNTESTED" if not tested else _verdict(fails == 0)
-    return f"GOAL1 [{s}] equal size dPPL <= {GOAL1_RATIO}x best peer: {verdict} ({'; '.join(parts)})"
+    return f"GOAL1 [{s}] equal size {m} <= {GOAL1_RATIO}x best peer: {verdict} ({'; '.join(parts)})"
 
 
-def goal2(s: str, pts: list[dict], env) -> str:
+def goal2(s: str, pts: list[dict], env, metric: str = "dppl") -> str:
+    m = METRICS[metric]
     mine = next((r for r in pts if r["target_bpw"] == GOAL2_AT), None)
     peer = at(env, GOAL2_VS)
     if mine is None or peer is None:
-        return f"GOAL2 [{s}] {GOAL2_AT} bpw <= best peer at {GOAL2_VS} bpw: UNTESTED (no edgeslim {GOAL2_AT} " \
-               f"result or no peer at {GOAL2_VS} bpw)"
-    return (f"GOAL2 [{s}] {GOAL2_AT} bpw <= best peer at {GOAL2_VS} bpw: {_verdict(mine['dppl'] <= peer)} "
-            f"(edgeslim {mine['bpw']:.2f} bpw dPPL {mine['dppl']:+.3f}; peers at {GOAL2_VS} bpw {peer:+.3f})")
+        return f"GOAL2 [{s}] {GOAL2_AT} bpw <= best peer at {GOAL2_VS} bpw ({m}): UNTESTED (no edgeslim " \
+               f"{GOAL2_AT} result or no peer at {GOAL2_VS} bpw)"
+    return (f"GOAL2 [{s}] {GOAL2_AT} bpw <= best peer at {GOAL2_VS} bpw ({m}): {_verdict(mine[metric] <= peer)} "
+            f"(edgeslim {mine['bpw']:.2f} bpw {m} {mine[metric]:+.4g}; peers at {GOAL2_VS} bpw {peer:+.4g})")
 
 
-def goal3(s: str, pts: list[dict], env) -> str:
+def goal3(s: str, pts: list[dict], env, metric: str = "dppl") -> str:
+    m = METRICS[metric]
     mine = next((r for r in pts if r["target_bpw"] == GOAL3_AT), None)
     peer = None if mine is None else at(env, mine["file_bytes"])
     if mine is None or peer is None:
-        return f"GOAL3 [{s}] parity with llama.cpp+imatrix at {GOAL3_AT} bpw: UNTESTED (missing results)"
-    ratio = f", {mine['dppl'] / peer:.2f}x" if peer > 0 else ""
-    return (f"GOAL3 [{s}] parity with llama.cpp+imatrix at {GOAL3_AT} bpw: {_verdict(mine['dppl'] <= peer)} "
-            f"(edgeslim dPPL {mine['dppl']:+.3f} at {mine['file_bytes'] / 1e6:.2f} MB; llama.cpp+imatrix at that "
-            f"size {peer:+.3f}{ratio})")
+        return f"GOAL3 [{s}] parity with llama.cpp+imatrix at {GOAL3_AT} bpw ({m}): UNTESTED (missing results)"
+    ratio = f", {mine[metric] / peer:.2f}x" if peer > 0 else ""
+    return (f"GOAL3 [{s}] parity with llama.cpp+imatrix at {GOAL3_AT} bpw ({m}): {_verdict(mine[metric] <= peer)} "
+            f"(edgeslim {m} {mine[metric]:+.4g} at {mine['file_bytes'] / 1e6:.2f} MB; llama.cpp+imatrix at that "
+            f"size {peer:+.4g}{ratio})")
 
 
 # ----------------------------------------------------------------------------- report
@@ -752,7 +763,7 @@ def main(argv=None) -> int:
         except RuntimeError as err:
             print(f"llama-perplexity cross-check failed: {err}")
     meta["lcp_f16_ppl"] = f16.get("llama_perplexity")
-    goals = goal_lines(results)
+    goals = goal_lines(results) + goal_lines(results, "kl_mean")
     md_path = args.md or setup.work / "report.md"
     png = args.png or md_path.with_name(f"{setup.name}-quality.png")
     for folder in {md_path.parent, png.parent}:

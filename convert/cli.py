@@ -28,11 +28,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group", type=int, choices=(32, 64), default=64,
                         help="affine group size for chosen types and the --quant 2..8 shorthand (default 64)")
     parser.add_argument("--allocate", choices=SIGNALS,
-                        help="how types are chosen under a budget (default sensitivity: measured error, "
-                             "weighted by calibration when it runs)")
+                        help="how types are chosen under a budget (default erank: relative error of each "
+                             "type scaled by the matrix's effective rank; chosen by benchmark, docs/quality-ref.md)")
     add_calib_args(parser)
     parser.add_argument("--no-calib", action="store_true",
-                        help="never calibrate (sensitivity then uses the plain weight error)")
+                        help="never calibrate (plain rounding; sensitivity then uses the plain weight error)")
     parser.add_argument("--gptq", action="store_true",
                         help="GPTQ rounding on calibration Hessians, one decoder layer at a time (HF folder + torch)")
     parser.add_argument("--ctx", type=int, default=DEFAULT_CTX,

@@ -34,6 +34,7 @@ from edgeslim.quants import QTensor, dequantize, quantize
 from edgeslim.tables import Keys, quant_info
 from edgeslim.targets import DEFAULT_CTX, Fit, Target, get_target, kv_cache_bytes, pick_type, require_fit
 
+from .allocate import DEFAULT_SIGNAL
 from .gguf_source import is_gguf, open_gguf
 from .header import add_header
 from .hf import open_hf
@@ -66,7 +67,7 @@ def convert(src: str, out: str | Path, quant: str | None = None, family: str | N
     quant: one type for every matrix (default F16 when no budget is given).
     target / bpw / size: a budget (device profile, bits per weight over the matrices,
     or file size such as "3.9GB" or a byte count); the types are chosen per matrix by
-    the `allocate` signal (erank, sensitivity (default), uniform, hybrid) within
+    the `allocate` signal (erank (default), sensitivity, uniform, hybrid) within
     `family` (ggml, affine with `group` 32 or 64). calib: a text file to calibrate on,
     None (automatic: see convert/smart.py), or False (never). gptq: GPTQ rounding
     (needs an HF folder and torch). FitError, before anything is written, when even the
@@ -82,7 +83,7 @@ def convert(src: str, out: str | Path, quant: str | None = None, family: str | N
     try:
         from .smart import calibration_for, plan_to_budget
 
-        signal = allocate or "sensitivity"
+        signal = allocate or DEFAULT_SIGNAL
         cal = calibration_for(src, model, calib, calib_tokens, signal if mode in BUDGETS else None, gptq)
         if mode in BUDGETS:
             res = plan_to_budget(model, family, group, signal, mode, bpw if mode == "bpw" else size, tgt, ctx,

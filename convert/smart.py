@@ -25,14 +25,17 @@
 When calibration runs (`calibration_for`):
 * `--calib FILE`: always, on that text;
 * `--gptq`: always (Hessians), on the built-in text unless --calib is given;
-* otherwise automatically, on the built-in text, when the signal is
-  sensitivity or hybrid (the default is sensitivity), the source is a Hugging
-  Face folder (or hub id) and torch + transformers are importable;
+* otherwise automatically, on the built-in text, when the signal is erank
+  (the default), sensitivity or hybrid, the source is a Hugging Face folder
+  (or hub id) and torch + transformers are importable: sensitivity and hybrid
+  weight their errors by it, and every signal's rounding uses it as llama.cpp
+  uses an imatrix (erank's allocation itself needs no calibration);
 * never with `calib=False` (`--no-calib`), for GGUF sources (no model code to
-  run), or for the erank / uniform signals unless asked.
+  run), or for the uniform signal unless asked.
 `--calib` or `--gptq` on a GGUF source, or without torch, is an InputError.
 
-The default signal is sensitivity until the benchmark (scripts/) decides.
+The default signal is erank, chosen by measurement: see allocate.DEFAULT_SIGNAL and
+docs/quality-ref.md.
 """
 from __future__ import annotations
 
@@ -57,7 +60,7 @@ from .model import SourceModel, TensorSpec
 from .pipeline import build_report, load_checked, progress_bar
 from .plan import Planned, planned_bytes
 
-AUTO_CALIB_SIGNALS = ("sensitivity", "hybrid")
+AUTO_CALIB_SIGNALS = ("erank", "sensitivity", "hybrid")
 HEADER_SLACK = 512  # bytes: keys whose presence depends on the allocation (general.file_type)
 
 

@@ -448,6 +448,8 @@ def parse_args(argv=None):
     p.add_argument("--extra-data", type=Path, action="append", default=[],
                    help="JSON-lines stories added to training (scripts/sample_stories.py); repeatable")
     p.add_argument("--real-repeat", type=int, default=1, help="times the real training stories are included")
+    p.add_argument("--init", type=Path, default=None,
+                   help="continue training this demo-model folder (its tokenizer and weights; same shape flags)")
     return p.parse_args(argv)
 
 
@@ -466,12 +468,20 @@ def main(argv=None) -> None:
     train_docs, val_docs = make_documents(load_stories(args.data), args.val_frac,
                                           args.chat_frac, args.seed, extra, args.real_repeat)
     with tempfile.TemporaryDirectory() as tmp:
-        spm_file = train_tokenizer(train_docs, args.vocab, Path(tmp), args.seed)
+        if args.init:  # continue from a trained model: its tokenizer, its weights
+            spm_file = Path(tmp) / "tokenizer.model"
+            shutil.copyfile(args.init / "tokenizer.model", spm_file)
+        else:
+            spm_file = train_tokenizer(train_docs, args.vocab, Path(tmp), args.seed)
         sp = spm.SentencePieceProcessor(model_file=str(spm_file))
         train_ids, val_ids = encode_stream(sp, train_docs), encode_stream(sp, val_docs)
         log(f"{len(train_docs)} train stories / {len(train_ids)} tokens, "
             f"{len(val_docs)} val stories / {len(val_ids)} tokens")
         model = build_model(args, sp.get_piece_size())
+        if args.init:
+            from transformers import LlamaForCausalLM
+
+            model.load_state_dict(LlamaForCausalLM.from_pretrained(args.init).float().state_dict())
         n_params = sum(p.numel() for p in model.parameters())
         log(f"model: {n_params:,} parameters ({2 * n_params / 1e6:.2f} MB fp16)")
         stats = train(args, model, train_ids, val_ids, log)
@@ -497,6 +507,9 @@ def main(argv=None) -> None:
         log(f"--- {title}\n{text}")
     stats["bytes"] = shipped_bytes(args.out)
     command = "python scripts/train_demo_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.init:  # the run it continued, as that model's README recorded it
+        made = re.search(r"```\n(python scripts/train_demo_model\.py[^`]*?)```", (args.init / "README.md").read_text())
+        command = (made.group(1).strip() + "   # then, continuing it:\n" if made else "") + command
     write_readme(args.out, args, stats, samples, command.strip())
     stats["bytes"] = shipped_bytes(args.out)
     log(f"final: train {stats['train_loss']:.3f} val {stats['val_loss']:.3f} "

@@ -115,7 +115,7 @@ def run_batch(model: TinyLlama, batch: int, max_len: int, temp: float, top_p: fl
     return [seqs[b, : end[b]].tolist() for b in range(batch) if end[b] > 0]
 
 
-def check_greedy(model: TinyLlama, tok, stop_ids) -> None:
+def check_greedy(model: TinyLlama, tok) -> None:
     """Greedy 256 tokens from BOS must equal the file's known output (a port check)."""
     want = (MODEL_DIR / "greedy_256_text.txt").read_text(encoding="utf-8")
     ids, out = torch.tensor([1]), []
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     torch.set_grad_enabled(False)
     tok = load_tokenizer(str(gguf_path))
     stop_ids = torch.tensor([1, 2])
-    check_greedy(TinyLlama(gguf_path, 256, 1), tok, stop_ids)
+    check_greedy(TinyLlama(gguf_path, 256, 1), tok)
     model = TinyLlama(gguf_path, args.max_len, args.batch)
     gen = torch.Generator().manual_seed(args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,16 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
+def load_script(name: str):
+    """A module from scripts/NAME.py (the scripts are not a package), loaded afresh."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def sample_text(n_lines: int = 400, seed: int = 0) -> list[str]:
     """Deterministic pseudo-English lines (words from syllables, digits, punctuation)."""
     rng = random.Random(seed)

@@ -1,5 +1,4 @@
 """scripts/sample_stories.py: its torch port of stories260K reproduces the known greedy output."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,10 +12,9 @@ pytestmark = pytest.mark.skipif(not (MODEL_DIR / "stories260K.gguf").is_file(), 
 
 def _script():
     pytest.importorskip("torch")
-    spec = importlib.util.spec_from_file_location("sample_stories", REPO / "scripts" / "sample_stories.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from conftest import load_script
+
+    return load_script("sample_stories")
 
 
 def test_port_reproduces_greedy_and_samples_stories(tmp_path):

@@ -1,17 +1,12 @@
 """scripts/train_demo_model.py's data assembly (no training): extra stories, repeats, chat wrapping."""
-import importlib.util
 import json
 import random
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("train_demo_model", REPO / "scripts" / "train_demo_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("train_demo_model")
 
 
 def test_extra_stories_join_training_only(tmp_path):

@@ -103,7 +103,7 @@ class NumbaBackend(CPUBackend):
                 layer[fused] = packed
                 for r in roles:
                     del layer[r]
-        if "attn_q_bias" in layer:
+        if QKV in layer and "attn_q_bias" in layer:  # the fused projection's bias, in the same order
             layer[QKV_BIAS] = np.concatenate([layer[f"attn_{r}_bias"] for r in "qkv"]).astype(np.float32)
         return layer
 
@@ -116,7 +116,7 @@ class NumbaBackend(CPUBackend):
         if QKV not in w:
             return np.concatenate(super().project_qkv(w, h), axis=1)
         qkv = self.matmul(w[QKV], h)
-        if "attn_q_bias" in w:
+        if QKV_BIAS in w:
             qkv += w[QKV_BIAS]
         return qkv
 

@@ -15,6 +15,13 @@ sampling, greedy decoding from BOS is checked against the file's known output
 `greedy_256_text.txt`, so a wrong port cannot produce the data silently. Each row of
 the batch starts at BOS and ends at the model's next BOS/EOS; stories that reach the
 length limit unfinished are dropped. Output: one JSON string per line (a story).
+
+With `--topics`, each row is teacher-forced through an opening that names a topic
+("Once upon a time, there was a little dragon", "One day, a kite", ...), drawn from
+the demo trainer's noun list; after it the model samples freely. Each line is then
+an object {"topic": "a dragon", "story": "..."}, which the demo trainer wraps as
+"Tell me a story about a dragon." -- chat data in which the answer really is about
+what was asked, so that the demo model learns to follow the request.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO.parent / "shared" / "data" / "models" / "stories260K"
 DEFAULT_OUT = Path.home() / ".cache" / "edgeslim" / "stories260k-samples.jsonl"
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
 
 
 class TinyLlama:
@@ -89,10 +97,41 @@ class TinyLlama:
         return self._norm(x, w["output_norm.weight"]) @ out.T
 
 
-def run_batch(model: TinyLlama, batch: int, max_len: int, temp: float, top_p: float, gen, stop_ids) -> list[list]:
-    """Sample `batch` sequences from BOS; return the finished ones (ids without BOS/stop)."""
+# Openings for --topics: {a} is the article + noun ("a dragon"), {n} the bare noun.
+OPENERS = (
+    "Once upon a time, there was {a}",
+    "Once upon a time, there was a little {n}",
+    "Once upon a time, there was a big {n}",
+    "One day, {a}",
+    "Once upon a time, in a small town, there was {a}",
+    "Once upon a time, there was a little girl who had {a}",
+    "Once upon a time, there was a little boy who loved his {n}",
+)
+
+
+def topic_prompts(tok, batch: int, rng) -> tuple[list[str], list[list[int]]]:
+    """`batch` (topic, opening ids) pairs: a noun of the demo trainer's list in a random opening."""
+    from train_demo_model import NOUNS, article
+
+    topics, prompts = [], []
+    for _ in range(batch):
+        noun = NOUNS[int(rng.integers(len(NOUNS)))]
+        text = OPENERS[int(rng.integers(len(OPENERS)))].format(a=article(noun), n=noun)
+        topics.append(article(noun))
+        prompts.append(tok.encode(text, add_bos=False))
+    return topics, prompts
+
+
+def run_batch(model: TinyLlama, batch: int, max_len: int, temp: float, top_p: float, gen, stop_ids,
+              prompts: list[list[int]] | None = None) -> list[list]:
+    """Sample `batch` sequences from BOS, each first forced through its `prompts` row (if given);
+    return the finished ones (ids without BOS/stop, prompt included) and, for the others, None."""
     ids = torch.full((batch,), 1, dtype=torch.long)
     seqs = torch.zeros((batch, max_len), dtype=torch.long)
+    plen = torch.tensor([len(p) for p in prompts] if prompts else [0] * batch)
+    forced = torch.zeros((batch, max(1, int(plen.max()))), dtype=torch.long)  # (B, P)
+    for b, p in enumerate(prompts or []):
+        forced[b, : len(p)] = torch.tensor(p)
     done = torch.zeros(batch, dtype=torch.bool)
     end = torch.full((batch,), -1, dtype=torch.long)
     for pos in range(max_len - 1):
@@ -105,6 +144,8 @@ def run_batch(model: TinyLlama, batch: int, max_len: int, temp: float, top_p: fl
             keep = sp.cumsum(-1) - sp < top_p  # nucleus: the smallest set reaching top_p
             sp = sp * keep
             nxt = si.gather(-1, torch.multinomial(sp, 1, generator=gen)).squeeze(-1)
+        if pos < forced.shape[1]:
+            nxt = torch.where(pos < plen, forced[:, pos], nxt)
         seqs[:, pos] = nxt
         stop = torch.isin(nxt, stop_ids) & ~done
         end[stop] = pos
@@ -112,7 +153,7 @@ def run_batch(model: TinyLlama, batch: int, max_len: int, temp: float, top_p: fl
         if bool(done.all()):
             break
         ids = nxt
-    return [seqs[b, : end[b]].tolist() for b in range(batch) if end[b] > 0]
+    return [seqs[b, : end[b]].tolist() if end[b] > plen[b] else None for b in range(batch)]
 
 
 def check_greedy(model: TinyLlama, tok) -> None:
@@ -139,6 +180,8 @@ def main(argv=None) -> int:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
+    p.add_argument("--topics", action="store_true",
+                   help="force an opening naming a topic noun; write {topic, story} objects")
     args = p.parse_args(argv)
     gguf_path = MODEL_DIR / "stories260K.gguf"
     if not gguf_path.is_file():
@@ -152,6 +195,7 @@ def main(argv=None) -> int:
     check_greedy(TinyLlama(gguf_path, 256, 1), tok)
     model = TinyLlama(gguf_path, args.max_len, args.batch)
     gen = torch.Generator().manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     n_tok = n_story = 0
@@ -159,8 +203,13 @@ def main(argv=None) -> int:
     with tmp.open("w", encoding="utf-8") as fh:
         deadline = t0 + 60 * args.minutes if args.minutes else math.inf
         while n_tok < args.tokens and time.perf_counter() < deadline:
-            for ids in run_batch(model, args.batch, args.max_len, args.temp, args.top_p, gen, stop_ids):
-                fh.write(json.dumps(tok.decode(ids).strip()) + "\n")
+            topics, prompts = topic_prompts(tok, args.batch, rng) if args.topics else ([None] * args.batch, None)
+            rows = run_batch(model, args.batch, args.max_len, args.temp, args.top_p, gen, stop_ids, prompts)
+            for topic, ids in zip(topics, rows):
+                if ids is None:
+                    continue
+                story = tok.decode(ids).strip()
+                fh.write(json.dumps({"topic": topic, "story": story} if topic else story) + "\n")
                 n_tok += len(ids)
                 n_story += 1
             print(f"  {n_story} stories, {n_tok} tokens, {time.perf_counter() - t0:.0f}s", flush=True)

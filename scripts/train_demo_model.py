@@ -95,41 +95,59 @@ def load_stories(path: Path) -> list[str]:
     return ["\n\n".join(s) for s in stories]
 
 
+def article(noun: str) -> str:
+    """'a dog', 'an owl'."""
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+GENERIC = {"girl", "boy", "friend"}  # in nearly every story: they name no topic
+
+
 def story_noun(story: str) -> str | None:
-    """Most frequent NOUNS word in the story (ties: list order), with its article."""
-    counts = Counter(w for w in re.findall(r"[a-z]+", story.lower()) if w in NOUNS)
-    if not counts:
-        return None
-    best = max(NOUNS, key=lambda n: (counts.get(n, 0), -NOUNS.index(n)))
-    return ("an " if best[0] in "aeiou" else "a ") + best
+    """The story's topic, with its article: the first NOUNS word of its first two sentences
+    (a generic one -- girl, boy, friend -- only when no other is there), else None.
+
+    The topic must be named early so that a request names what the answer opens with:
+    a model can then learn to follow the request, which a noun buried late in the
+    story does not teach.
+    """
+    head = " ".join(re.split(r"(?<=[.!?])\s+", story.strip())[:2]).lower()
+    words = [w for w in re.findall(r"[a-z]+", head) if w in NOUNS]
+    specific = [w for w in words if w not in GENERIC]
+    pick = (specific or words or [None])[0]
+    return article(pick) if pick else None
 
 
-def as_chat(story: str, rng: random.Random) -> str:
-    """Wrap a story as one User/Assistant turn, the format CHAT_TEMPLATE renders."""
-    noun = story_noun(story)
+def as_chat(story: str, rng: random.Random, topic: str | None = None) -> str:
+    """Wrap a story as one User/Assistant turn, the format CHAT_TEMPLATE renders;
+    the request names `topic` (default: the story's own, `story_noun`)."""
+    noun = topic or story_noun(story)
     choices = INSTRUCTIONS if noun else INSTRUCTIONS[-1:]
-    instruction = rng.choice(choices).format(n=noun)
+    instruction = rng.choice(choices[:-1] if topic else choices).format(n=noun)
     return f"User: {instruction}\nAssistant: {story}"
 
 
-def load_extra(paths: list[Path]) -> list[str]:
-    """Stories from JSON-lines files (one JSON string per line, e.g. scripts/sample_stories.py)."""
+def load_extra(paths: list[Path]) -> list:
+    """Stories from JSON-lines files of scripts/sample_stories.py: a JSON string per line (a
+    story), or an object {"topic": "a dragon", "story": ...} (`--topics`: always chat)."""
     out = []
     for path in paths:
         if not path.is_file():
             sys.exit(f"train_demo_model: extra data {path} not found; make it with scripts/sample_stories.py")
         out += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [s for s in out if s.strip()]
+    return [s for s in out if (s["story"] if isinstance(s, dict) else s).strip()]
 
 
 def make_documents(stories: list[str], val_frac: float, chat_frac: float, seed: int,
                    extra: list[str] = (), real_repeat: int = 1):
     """Return (train_docs, val_docs): val is the last real stories, plain; train = the other
-    real stories (real_repeat times) + extra stories, partly wrapped as chat."""
+    real stories (real_repeat times) + extra stories, partly wrapped as chat (those with a
+    topic always, as a request for that topic)."""
     n_val = max(1, round(len(stories) * val_frac))
     train, val = stories[:-n_val] * real_repeat + list(extra), stories[-n_val:]
     rng = random.Random(seed)
-    train = [as_chat(s, rng) if rng.random() < chat_frac else s for s in train]
+    train = [as_chat(s["story"], rng, s["topic"]) if isinstance(s, dict)
+             else as_chat(s, rng) if rng.random() < chat_frac else s for s in train]
     return train, val
 
 

@@ -67,6 +67,11 @@ class LayerStats:
     index: int
     importance: dict[str, np.ndarray]
     hessian: dict[str, np.ndarray] | None
+    # replace(gguf_name, array): load new weights (GGUF layout) into the layer at once, so a
+    # caller that quantizes tensor by tensor never holds a second copy of the layer;
+    # release(gguf_names): free those weights now (each must then be replaced)
+    replace: Callable[[str, np.ndarray], None] | None = None
+    release: Callable[[list[str]], None] | None = None
 
 
 @dataclass
@@ -302,7 +307,12 @@ class _Accumulator:
         return (self.sq / max(self.n, 1)).float().numpy()
 
     def hessian(self) -> np.ndarray:
-        return (self.xtx * (2.0 / max(self.n, 1))).numpy()
+        """2 X^T X / n, scaled in place (no second (cols, cols) copy: 485 MB for a 7B ffn_down)."""
+        import torch
+
+        with torch.inference_mode():  # the hooks made it there: an inference tensor
+            self.xtx.mul_(2.0 / max(self.n, 1))
+        return self.xtx.numpy()
 
 
 class _Hooks:
@@ -341,6 +351,8 @@ class _Hooks:
         self.seen.clear()
 
     def stats(self, index: int, hessian: bool) -> LayerStats:
+        """The layer's statistics; the accumulators are handed over (the returned arrays are then
+        the only references, so a consumer frees each Hessian by dropping it)."""
         imp, hes, done = {}, ({} if hessian else None), {}
         for key, acc in self.acc.items():  # shared accumulators -> shared arrays
             if id(acc) not in done:
@@ -348,6 +360,7 @@ class _Hooks:
             imp[key] = done[id(acc)][0]
             if hessian:
                 hes[key] = done[id(acc)][1]
+        self.acc.clear()
         return LayerStats(index, imp, hes)
 
 
@@ -391,22 +404,51 @@ class _Runner:
         return out
 
 
-def _replace(layer, i: int, ck: _Checkpoint, new: dict[str, np.ndarray]) -> None:
-    """Load GGUF-named arrays (as the GGUF stores them) into decoder layer i, in HF layout."""
-    import torch
-
+def _layer_param(layer, i: int, ck: _Checkpoint, gguf_name: str):
     params = dict(layer.named_parameters())
     prefix = f"model.layers.{i}."
+    hf = ck.arch.hf_name(gguf_name)
+    if not hf.startswith(prefix) or hf[len(prefix):] not in params:
+        raise ValueError(f"on_layer named {gguf_name}, which is not a tensor of layer {i}")
+    return params[hf[len(prefix):]]
+
+
+def _replace(layer, i: int, ck: _Checkpoint, new: dict[str, np.ndarray]) -> None:
+    """Load GGUF-named arrays (as the GGUF stores them) into decoder layer i, in HF layout
+    (into a released weight too: see `_release`)."""
+    import torch
+
     for gguf_name, arr in new.items():
-        hf = ck.arch.hf_name(gguf_name)
-        if not hf.startswith(prefix) or hf[len(prefix):] not in params:
-            raise ValueError(f"on_layer returned {gguf_name}, which is not a tensor of layer {i}")
-        p = params[hf[len(prefix):]]
+        p = _layer_param(layer, i, ck, gguf_name)
         w = np.ascontiguousarray(ck.arch.untransform(gguf_name, np.asarray(arr, np.float32)))
-        if tuple(w.shape) != tuple(p.shape):
-            raise ValueError(f"on_layer returned {gguf_name} of shape {w.shape}, expected {tuple(p.shape)}")
+        shape = tuple(getattr(p, "full_shape", p.shape))
+        if tuple(w.shape) != shape:
+            raise ValueError(f"on_layer returned {gguf_name} of shape {w.shape}, expected {shape}")
         with torch.no_grad():
-            p.copy_(torch.from_numpy(w))
+            if p.numel() == 0 and w.size:
+                p.data = torch.from_numpy(w)
+                del p.full_shape
+            else:
+                p.copy_(torch.from_numpy(w))
+
+
+def _release(layer, i: int, ck: _Checkpoint, names: list[str]) -> None:
+    """Free the weights of these GGUF-named tensors of layer i until `_replace` fills them:
+    a quantizer working tensor by tensor then never holds the original layer beside the
+    quantized one (808 MB for a 7B layer in float32)."""
+    import torch
+
+    for gguf_name in names:
+        p = _layer_param(layer, i, ck, gguf_name)
+        if p.numel():
+            p.full_shape = tuple(p.shape)
+            p.data = torch.empty(0, dtype=p.dtype)
+
+
+def _check_filled(layer, i: int) -> None:
+    for name, p in layer.named_parameters():
+        if hasattr(p, "full_shape"):
+            raise ValueError(f"on_layer released model.layers.{i}.{name} but never replaced it")
 
 
 def collect(model_dir: str | Path, calib=None, n_tokens: int = DEFAULT_CALIB_TOKENS, seq_len: int = DEFAULT_SEQ_LEN,
@@ -416,8 +458,9 @@ def collect(model_dir: str | Path, calib=None, n_tokens: int = DEFAULT_CALIB_TOK
 
     calib: see `calib_token_ids` (None: built-in text).  With `on_layer`, each layer's
     statistics go to it as soon as they exist (Hessians are then not kept in the
-    result) and weights it returns replace the layer's before its outputs feed the
-    next layer.  `threads` sets torch's intra-op threads for the duration.
+    result) and weights it returns ({GGUF name: array}) replace the layer's before its
+    outputs feed the next layer; it may instead load them one by one with
+    `stats.replace(name, array)` and return True.  `threads` sets torch's intra-op threads for the duration.
     """
     import torch
 
@@ -460,9 +503,13 @@ def _collect(ck: _Checkpoint, seqs: list[np.ndarray], want_hessian: bool, on_lay
         out = runner.run(layer, i, hidden, hooks)
         hooks.remove()
         stats = hooks.stats(i, want_hessian)
-        new = _deliver(stats, result, on_layer)
+        stats.replace = lambda name, arr, layer=layer, i=i: _replace(layer, i, ck, {name: arr})
+        stats.release = lambda names, layer=layer, i=i: _release(layer, i, ck, names)
+        new = _deliver(stats, result, on_layer)  # a dict of new weights, or truthy once replaced
         if new:
-            _replace(layer, i, ck, new)
+            if isinstance(new, dict):
+                _replace(layer, i, ck, new)
+            _check_filled(layer, i)
             out = runner.run(layer, i, hidden)
         hidden = out
         if trace is not None:

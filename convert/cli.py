@@ -1,6 +1,6 @@
 """`edgeslim convert SRC -o OUT.gguf [--quant TYPE | --target NAME | --bpw X | --size S] [--family ggml|affine]
 [--group 32|64] [--allocate erank|sensitivity|uniform|hybrid] [--calib FILE] [--calib-tokens N] [--no-calib]
-[--gptq] [--ctx N] [--force]`."""
+[--gptq | --no-gptq] [--ctx N] [--force]`."""
 from __future__ import annotations
 
 import argparse
@@ -33,8 +33,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_calib_args(parser)
     parser.add_argument("--no-calib", action="store_true",
                         help="never calibrate (plain rounding; sensitivity then uses the plain weight error)")
-    parser.add_argument("--gptq", action="store_true",
-                        help="GPTQ rounding on calibration Hessians, one decoder layer at a time (HF folder + torch)")
+    parser.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
+                        help="GPTQ rounding on calibration Hessians, one decoder layer at a time (HF folder + torch; "
+                             "default: on with --target/--bpw/--size whenever calibration runs)")
     parser.add_argument("--ctx", type=int, default=DEFAULT_CTX,
                         help=f"context length the KV cache must hold in the fit report (default {DEFAULT_CTX})")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")

@@ -18,8 +18,12 @@ layer, in file order (GGUFOut writes in plan order):
   importance this pass measured (the output head included, as in the
   reference GPTQ, which leaves the head to round-to-nearest).
 
-The callback returns the layer's dequantized weights, so the next layer is
-calibrated on the quantized model's activations (GPTQ's sequential mode).
+Each tensor's dequantized weights go into the calibration layer as soon as
+it is written (`stats.replace`), so the next layer is calibrated on the
+quantized model's activations (GPTQ's sequential mode), and each Hessian and
+its factor are dropped after the last tensor that reads that input: with a
+7B model's 11008-wide ffn_down this keeps the peak under 4 GB (measured in
+docs/benchmarks.md).
 Per GPTQ'd tensor the report gets the output error relative to the output,
 sqrt(tr(E H E^T) / tr(W H W^T)) on a row sample (rows are independent).
 """
@@ -42,13 +46,17 @@ F64 = np.float64
 
 
 def output_rel_error(w: np.ndarray, d: np.ndarray, H: np.ndarray, max_weights: int = 1 << 19) -> float:
-    """sqrt(sum_r e_r H e_r^T / sum_r w_r H w_r^T) over a random sample of rows (e = w - d)."""
+    """sqrt(sum_r e_r H e_r^T / sum_r w_r H w_r^T) over a random sample of rows (e = w - d).
+
+    The products run in H's float32 (a float64 copy of a 7B ffn_down's H is 970 MB); the
+    sums in float64."""
     idx = sample_rows(w.shape[0], w.shape[1], max_weights)
     ws, ds = (w, d) if idx is None else (w[idx], d[idx])
-    Hd = np.asarray(H, F64)
-    e = ws.astype(F64) - ds
-    num = float(np.einsum("ij,ij->", e @ Hd, e))
-    den = float(np.einsum("ij,ij->", ws.astype(F64) @ Hd, ws.astype(F64)))
+    H = np.asarray(H, np.float32)
+    ws = np.asarray(ws, np.float32)
+    e = ws - np.asarray(ds, np.float32)
+    num = float(np.einsum("ij,ij->", e @ H, e, dtype=F64))
+    den = float(np.einsum("ij,ij->", ws @ H, ws, dtype=F64))
     return float(np.sqrt(num / den)) if den > 0 else 0.0
 
 
@@ -69,35 +77,56 @@ class _Writer:
         while self.pos < len(self.plan) and (stop is None or self._next_order() < stop):
             self._one_rtn(self.plan[self.pos], importance)
 
-    def layer(self, i: int, hessian: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Write decoder layer i (GPTQ where a Hessian exists); its dequantized linears."""
+    def layer(self, i: int, hessian: dict[str, np.ndarray], replace: Callable, release: Callable) -> bool:
+        """Write decoder layer i (GPTQ where a Hessian exists), loading each GPTQ'd tensor's
+        dequantized weights into the calibration layer with `replace`; True when any was.
+
+        The calibration layer's copies of the tensors to GPTQ are `release`d first (each is
+        read from the checkpoint when its turn comes). `hessian` is consumed: each entry is
+        dropped once its tensor is written, and a factor once no later tensor of the layer
+        shares its input."""
         from .pipeline import load_checked, relative_rms
 
         self.rtn_until((1, i))
+        release([p.spec.name for p in self.plan[self.pos:]
+                 if tensor_order(p.spec.name) == (1, i) and p.spec.name in hessian and p.qtype not in FLOAT_TYPES])
         prepared: dict[int, object] = {}
-        new = {}
+        users = {}  # id(H) -> names of this layer still to read it
+        for name, H in hessian.items():
+            users.setdefault(id(H), set()).add(name)
+        replaced = False
         while self.pos < len(self.plan) and self._next_order() == (1, i):
             p = self.plan[self.pos]
-            H = hessian.get(p.spec.name)
+            H = hessian.pop(p.spec.name, None)
             if H is None or p.qtype in FLOAT_TYPES:
                 self._one_rtn(p)
-                continue
-            if self.bar is not None:
-                self.bar.set_postfix_str(p.spec.name, refresh=False)
-            w = load_checked(p.spec)
-            if id(H) not in prepared:
-                prepared[id(H)] = prepare_hessian(H)
-            q = gptq_quantize(w, prepared[id(H)], p.qtype)
-            self.g.write(p.spec.name, q)
-            d = dequantize(q)
-            self.errors[p.spec.name] = relative_rms(w, d)
-            self.out_errors[p.spec.name] = output_rel_error(w, d, H)
-            new[p.spec.name] = d
-            del w
-            self.pos += 1
-            if self.bar is not None:
-                self.bar.update(p.spec.n_elements)
-        return new
+            else:
+                self._one_gptq(p, H, prepared, load_checked, relative_rms, replace)
+                replaced = True
+            if H is not None:
+                users[id(H)].discard(p.spec.name)
+                if not users[id(H)]:
+                    prepared.pop(id(H), None)
+            del H
+        return replaced
+
+    def _one_gptq(self, p: Planned, H: np.ndarray, prepared: dict, load_checked, relative_rms, replace) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(p.spec.name, refresh=False)
+        w = load_checked(p.spec)
+        if id(H) not in prepared:
+            prepared[id(H)] = prepare_hessian(H)
+        q = gptq_quantize(w, prepared[id(H)], p.qtype)
+        self.g.write(p.spec.name, q)
+        d = dequantize(q)
+        del q
+        self.errors[p.spec.name] = relative_rms(w, d)
+        self.out_errors[p.spec.name] = output_rel_error(w, d, H)
+        del w
+        replace(p.spec.name, d)
+        self.pos += 1
+        if self.bar is not None:
+            self.bar.update(p.spec.n_elements)
 
     def _one_rtn(self, p: Planned, importance: dict | None = None) -> None:
         imp = self.importance if importance is None else importance
@@ -121,7 +150,9 @@ def stream_gptq(g: GGUFOut, plan: list[Planned], cal, n_layers: int, bar, write_
         if stats.index >= n_layers:  # the head: everything left, with this pass's importance
             w.rtn_until(None, {**cal.importance, **stats.importance})
             return None
-        return w.layer(stats.index, stats.hessian or {})
+        hessian = stats.hessian or {}
+        stats.hessian = None  # the writer's dict is the last reference: it frees each Hessian
+        return w.layer(stats.index, hessian, stats.replace, stats.release)
 
     collect(cal.folder, cal.text, cal.n_tokens, want_hessian=True, on_layer=on_layer)
     w.rtn_until(None)

@@ -20,7 +20,8 @@
    AFFINE2..8_G{group} (affine), plus F16 on top for --bpw/--size; with
    --target the ladder stops at Q8_0 / AFFINE8 like the uniform picker (F16
    doubles the memory traffic for a difference below the noise of a benchmark).
-5. The caller writes the plan (RTN with importance, or GPTQ layer by layer).
+5. The caller writes the plan: GPTQ layer by layer whenever calibration ran
+   (the default; pipeline.use_gptq), else importance-weighted or plain RTN.
 
 When calibration runs (`calibration_for`):
 * `--calib FILE`: always, on that text;

@@ -20,6 +20,7 @@ Usage:
     python scripts/check_7b_shape.py --layers 2                      # 2-layer, 7B-wide (1.3 GB)
     python scripts/check_7b_shape.py                                 # the full 7B shape (13.5 GB)
     python scripts/check_7b_shape.py --allocate uniform              # skip the per-tensor measuring
+    python scripts/check_7b_shape.py --layers 2 -- --no-gptq         # more convert flags after --
 """
 from __future__ import annotations
 
@@ -206,6 +207,8 @@ def parse_args(argv=None):
     p.add_argument("--allocate", help="allocation signal passed to convert (uniform skips measuring)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-output", action="store_true", help="keep the converted GGUF")
+    p.add_argument("convert_args", nargs="*", metavar="-- FLAG",
+                   help="more `edgeslim convert` flags after --, e.g. -- --no-gptq")
     return p.parse_args(argv)
 
 
@@ -235,6 +238,7 @@ def main(argv=None) -> int:
         if not cli_has("--allocate"):
             sys.exit("check_7b_shape: this edgeslim convert has no --allocate yet; run without --allocate")
         cmd += ["--allocate", args.allocate]
+    cmd += args.convert_args
     print("$ /usr/bin/time -v " + " ".join(cmd), flush=True)
     code, stats, log = time_v(cmd)
     tail = [ln for ln in log.splitlines() if not ln.startswith("\t")][-25:]

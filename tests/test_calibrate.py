@@ -116,6 +116,43 @@ def test_importance_only_has_no_hessian(tiny_hf_model):
     assert all((v >= 0).all() and v.any() for v in st.importance.values())
 
 
+def test_released_weights_are_replaced_one_by_one(tiny_hf_model):
+    """release + replace (the GPTQ writer's way, one tensor at a time) gives the same statistics
+    as returning a dict; a released weight left unreplaced is an error, not a silent zero."""
+    folder = tiny_hf_model("llama", "spm")
+    arch = arch_for_config(read_config(folder))
+    sd = {k: v.numpy().copy() for k, v in _full_model(folder).state_dict().items()}
+    names = ("blk.0.attn_q.weight", "blk.0.ffn_down.weight")
+    changed = {g: np.round(arch.transform(g, sd[arch.hf_name(g)]) * 50) / 50 for g in names}
+    ids = _ids(folder, seed=2)
+
+    def by_dict(stats):
+        return changed if stats.index == 0 else None
+
+    def one_by_one(stats):
+        if stats.index != 0:
+            return None
+        stats.release(list(names))
+        for g in names:
+            stats.replace(g, changed[g].copy())
+        return True
+
+    a = C.collect(folder, ids, n_tokens=128, seq_len=64, want_hessian=True, on_layer=by_dict)
+    b = C.collect(folder, ids, n_tokens=128, seq_len=64, want_hessian=True, on_layer=one_by_one)
+    for name in a.importance:
+        np.testing.assert_allclose(b.importance[name], a.importance[name], rtol=1e-6, err_msg=name)
+
+    def forgets(stats):
+        if stats.index == 0:
+            stats.release(list(names))
+            stats.replace(names[0], changed[names[0]].copy())
+            return True
+        return None
+
+    with pytest.raises(ValueError, match="down_proj.*never replaced"):
+        C.collect(folder, ids, n_tokens=128, seq_len=64, want_hessian=True, on_layer=forgets)
+
+
 def test_on_layer_weights_feed_the_next_layer(tiny_hf_model):
     """Weights returned by on_layer (GGUF layout, Q/K rows permuted for llama) replace the layer's."""
     folder = tiny_hf_model("llama", "spm")

@@ -52,9 +52,10 @@ def llama(tiny_hf_model) -> Path:
 @pytest.fixture(scope="module")
 def bpw42(llama, tmp_path_factory):
     """--bpw 4.2 (between Q3_K and Q4_K, so types must mix) with the default signal (erank),
-    calibrated automatically on the built-in text."""
+    calibrated automatically on the built-in text; plain rounding (--no-gptq), so that each
+    matrix's measured error is the one the allocation predicted."""
     out = tmp_path_factory.mktemp("bpw42") / "m.gguf"
-    report = convert(str(llama), out, bpw=4.2, calib_tokens=CALIB_TOKENS, progress=False)
+    report = convert(str(llama), out, bpw=4.2, calib_tokens=CALIB_TOKENS, gptq=False, progress=False)
     return out, report
 
 
@@ -103,8 +104,9 @@ def test_size_is_respected(llama, tmp_path, capsys):
                      "--calib-tokens", str(CALIB_TOKENS)]) == 0
     assert 0.97 * limit <= out.stat().st_size <= limit
     report = json.loads(field(gguf.GGUFReader(out), Keys.ES_REPORT))
-    # erank calibrates too (automatically, on the built-in text): its rounding uses the importance
+    # erank calibrates too (automatically, on the built-in text), and GPTQ rounds on those Hessians
     assert report["budget"]["kind"] == "size" and report["calibration"]["source"] == "built-in"
+    assert report["gptq"] is True and report["rel_out"]
     assert len(set(file_types(out)[0].values())) >= 2
 
 
@@ -132,6 +134,7 @@ def test_uniform_signal_gives_one_type(llama, tmp_path):
     report = convert(str(llama), tmp_path / "u.gguf", bpw=4.5, allocate="uniform", progress=False)
     assert set(file_types(tmp_path / "u.gguf")[0].values()) == {"Q4_K"} and report["quant"] == "Q4_K"
     assert report["allocation"]["uniform_type"] == "Q4_K" and report["calibration"] is None
+    assert report["gptq"] is False  # nothing calibrated, nothing for GPTQ to use
 
 
 def test_affine_group(llama, tmp_path):
@@ -183,7 +186,7 @@ def test_gptq_lowers_output_error(llama, tmp_path, capsys):
                      "--calib-tokens", str(CALIB_TOKENS)]) == 0
     reports = {True: json.loads(field(gguf.GGUFReader(outs[True]), Keys.ES_REPORT))}
     reports[False] = convert(str(llama), outs[False], bpw=3, calib=str(text), calib_tokens=CALIB_TOKENS,
-                             progress=False)
+                             gptq=False, progress=False)
     assert reports[True]["gptq"] is True and reports[True]["calibration"]["source"] == "calib.txt"
     assert file_types(outs[True])[0] == file_types(outs[False])[0]
     assert set(reports[True]["rel_out"]) == {n for n in file_types(outs[True])[0] if n.startswith("blk.")}
@@ -257,11 +260,24 @@ def test_argument_clashes(llama, tmp_path, capsys):
     no_leftovers(tmp_path)
 
 
+def test_gptq_default_rule():
+    """GPTQ: as asked; by default on for a budget whenever calibration runs, off otherwise."""
+    from edgeslim.convert.pipeline import use_gptq
+
+    cal = object()
+    assert use_gptq(None, "target", cal) and use_gptq(None, "bpw", cal) and use_gptq(None, "size", cal)
+    assert not use_gptq(None, "bpw", None)          # GGUF source, no torch, or --no-calib
+    assert not use_gptq(None, "quant", cal)         # --quant: one type, plain rounding unless asked
+    assert not use_gptq(False, "bpw", cal)          # --no-gptq
+    assert use_gptq(True, "quant", cal)
+
+
 def test_gguf_source_is_measured_without_calibration(llama, tmp_path):
     f16 = tmp_path / "f16.gguf"
     convert(str(llama), f16, quant="F16", progress=False)
     report = convert(str(f16), tmp_path / "m.gguf", bpw=4.5, progress=False)
     assert report["calibration"] is None and report["allocation"]["calibrated"] is False
+    assert report["gptq"] is False  # no calibration, so the default rounding is plain
     assert report["bpw"] <= 4.5
     with pytest.raises(InputError, match="--calib .*GGUF"):
         convert(str(f16), tmp_path / "n.gguf", bpw=4.5, calib=str(f16), progress=False)

@@ -33,6 +33,11 @@ NOUNS = ("dog cat bird fish bear rabbit frog duck dragon robot ball kite boat tr
          "butterfly horse pig puppy turtle").split()
 
 
+# Nouns that are in neither list the demo's chat data was made from (scripts/train_demo_model.py
+# NOUNS): does the model copy a request it never saw, or only recall ones it did?
+HELD_OUT = "penguin giraffe spider pizza bicycle cloud tiger zebra shoe sock hill chair".split()
+
+
 def mentions(text: str, noun: str) -> bool:
     """True when `noun` or its plural is a word of `text`."""
     return re.search(rf"\b{re.escape(noun)}(s|es)?\b", text.lower()) is not None
@@ -68,33 +73,38 @@ def demo_gguf(workdir: Path) -> Path:
     return out
 
 
+def ask(model, nouns, max_tokens: int) -> tuple[dict[str, str], float]:
+    """Greedy replies to "Tell me a story about a {noun}." and the share that ended on EOS."""
+    replies, ended = {}, 0
+    for noun in nouns:
+        article = "an" if noun[0] in "aeiou" else "a"
+        msgs = [{"role": "user", "content": f"Tell me a story about {article} {noun}."}]
+        replies[noun] = model.chat(msgs, max_tokens=max_tokens, temperature=0.0)
+        ended += len(model.tokenize(replies[noun], add_bos=False)) < max_tokens - 1
+    return replies, ended / len(nouns)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, help="GGUF to ask (default: the demo model, converted to Q8_0)")
     p.add_argument("--max-tokens", type=int, default=160)
     p.add_argument("--backend", default="auto")
-    p.add_argument("--show", type=int, default=3, help="print this many replies")
+    p.add_argument("--show", type=int, default=2, help="print this many replies of each list")
     args = p.parse_args(argv)
 
     import edgeslim
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.model or demo_gguf(Path(tmp))
-        model = edgeslim.load(path, backend=args.backend)
-        replies, ended = {}, 0
-        for noun in NOUNS:
-            article = "an" if noun[0] in "aeiou" else "a"
-            msgs = [{"role": "user", "content": f"Tell me a story about {article} {noun}."}]
-            reply = model.chat(msgs, max_tokens=args.max_tokens, temperature=0.0)
-            replies[noun] = reply
-            ended += len(model.tokenize(reply, add_bos=False)) < args.max_tokens - 1
-    s = score(replies)
-    for noun in NOUNS[: args.show]:
-        print(f"--- {noun}: {replies[noun][:300]!r}")
-    print(f"{len(NOUNS)} requests, greedy: topic named in reply {s['hit']:.0%} "
-          f"(chance {s['chance']:.0%}), in its first two sentences {s['hit_early']:.0%} "
-          f"(chance {s['chance_early']:.0%}); distinct openings {s['distinct']:.0%}; "
-          f"ended on EOS {ended / len(NOUNS):.0%}")
+        model = edgeslim.load(args.model or demo_gguf(Path(tmp)), backend=args.backend)
+        for title, nouns in (("listed nouns", NOUNS), ("held-out nouns", HELD_OUT)):
+            replies, ended = ask(model, nouns, args.max_tokens)
+            s = score(replies)
+            for noun in nouns[: args.show]:
+                print(f"--- {noun}: {replies[noun][:300]!r}")
+            print(f"{title}, {len(nouns)} requests, greedy: topic named in reply {s['hit']:.0%} "
+                  f"(chance {s['chance']:.0%}), in its first two sentences {s['hit_early']:.0%} "
+                  f"(chance {s['chance_early']:.0%}); distinct openings {s['distinct']:.0%}; "
+                  f"ended on EOS {ended:.0%}")
     return 0
 
 

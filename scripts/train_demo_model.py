@@ -49,13 +49,30 @@ SIZE_LIMIT = 8 * 1000 * 1000  # bytes, all shipped files together
 
 STORY_START = re.compile(r"^(Once upon a time|Once there|Once,|Once |There was once|There once)")
 
-# Nouns that TinyStories uses a lot; a story's chat instruction names one it contains.
+# Nouns a story request may name (animals, people, things, food, places): a chat example
+# asks for the first of them its story opens with, and scripts/sample_stories.py --topics
+# writes stories that open with one. Many different nouns, so that the model learns to
+# copy the requested one rather than a few noun -> story mappings. scripts/eval_demo_chat.py
+# also asks for nouns kept out of this list (HELD_OUT there), to measure that.
 NOUNS = (
-    "cat dog bird ball tree car fish bear bunny rabbit frog duck princess dragon robot "
-    "toy park garden flower sun moon star boat train cake apple box kite monkey lion "
-    "elephant mouse owl butterfly bee horse cow pig puppy kitten house forest river "
-    "beach sea rock hat book doll truck plane cookie balloon snow rain king queen shell "
-    "bug ant squirrel fox turtle snake whale pirate farm castle jar leaf rainbow "
+    "cat dog bird fish bear bunny rabbit frog duck dragon mouse owl butterfly bee horse cow pig "
+    "puppy kitten lion elephant monkey squirrel fox turtle snake whale ant bug deer goat sheep "
+    "lamb chicken hen goose swan parrot eagle crow wolf kangaroo koala panda camel donkey hippo "
+    "crocodile dolphin shark octopus crab snail worm ladybug caterpillar bat hamster pony unicorn "
+    "dinosaur seal otter beaver raccoon hedgehog lizard "
+    "princess prince king queen pirate knight wizard witch fairy giant clown farmer doctor "
+    "teacher baker chef astronaut sailor robot monster ghost alien elf "
+    "ball kite boat train car truck plane bus rocket ship balloon doll toy teddy book box jar hat "
+    "coat scarf glove boot umbrella cup bowl plate spoon key lock door window bed lamp clock "
+    "mirror pillow blanket drum guitar piano flute bell crayon pencil brush shovel bucket basket "
+    "bag wagon sled swing slide ladder rope ring necklace crown sword map coin treasure present "
+    "gift letter candle lantern camera phone radio computer block puzzle "
+    "cake apple cookie banana orange carrot sandwich cheese bread soup candy lollipop pie muffin "
+    "cupcake egg milk juice grape strawberry cherry pear peach lemon watermelon pumpkin corn honey "
+    "park garden forest river beach sea ocean lake pond mountain cave island jungle desert farm "
+    "castle house tower bridge school library zoo circus playground store kitchen barn tent nest "
+    "tree flower leaf rock stone sand shell star moon sun rainbow rain snow wind storm puddle "
+    "grass seed plant mushroom volcano "
     "friend girl boy"
 ).split()
 INSTRUCTIONS = (
@@ -393,10 +410,13 @@ def write_readme(out: Path, args, stats: dict, samples: dict, command: str) -> N
         "",
         "## Chat format",
         "",
-        f"{args.chat_frac:.0%} of training stories were wrapped as",
-        "`User: Tell me a story about a cat.\\nAssistant: <story></s>` (the noun is one",
-        "that occurs in the story). The `chat_template` renders that format and ends the",
-        "generation prompt on `Assistant:`.",
+        f"{args.chat_frac:.0%} of the real training stories were wrapped as",
+        "`User: Tell me a story about a cat.\\nAssistant: <story></s>`, asking for the first",
+        "noun of the trainer's list that the story's first two sentences name (\"Tell me a",
+        "story.\" when there is none); every `--topics` story of `scripts/sample_stories.py`",
+        "(an opening forced to name one of 244 nouns) asks for its topic. The `chat_template`",
+        "renders that format and ends the generation prompt on `Assistant:`.",
+        "`python scripts/eval_demo_chat.py` measures how often a reply names what was asked.",
         "",
         "## Greedy samples",
         "",

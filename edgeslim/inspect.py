@@ -8,8 +8,11 @@ tensor of type AFFINE{bits}_G{group}. Reads with the mmap reader only: no torch.
 For an edgeslim file the table also shows, from `edgeslim.report`, each
 tensor's measured relative RMS error (`rel_rms%`) and, when the types were
 allocated to a budget (`--target/--bpw/--size`), the error the analysis
-predicted for the chosen type (`pred%`), followed by the allocation summary
-(`allocation_summary`, also printed by `edgeslim convert`).
+predicted for the chosen type (`pred%`; for plain rounding, so GPTQ's weight
+error is higher by design), and for GPTQ'd tensors the layer's output error on
+the calibration inputs relative to its output (`out%`: what GPTQ minimises),
+followed by the allocation summary (`allocation_summary`, also printed by
+`edgeslim convert`).
 """
 from __future__ import annotations
 
@@ -128,11 +131,13 @@ def inspect_file(path: str, verify: bool = False) -> dict:
 
 
 def _add_report_columns(info: dict) -> None:
-    """Per tensor `rel_rms` (measured) and `predicted_rel_rms` (allocation) from the report, where present."""
+    """Per tensor `rel_rms` (measured), `predicted_rel_rms` (allocation) and `rel_out` (GPTQ's output
+    error) from the report, where present."""
     report = info["edgeslim"].get(Keys.ES_REPORT)
     if not isinstance(report, dict):
         return
     measured = report.get("rel_rms") or {}
+    out_err = report.get("rel_out") or {}
     alloc = report.get("allocation")
     predicted = (alloc.get("tensors") or {}) if isinstance(alloc, dict) else {}
     for t in info["tensors"]:
@@ -140,6 +145,8 @@ def _add_report_columns(info: dict) -> None:
             t["rel_rms"] = measured[t["name"]]
         if t["name"] in predicted:
             t["predicted_rel_rms"] = predicted[t["name"]].get("rel_rms")
+        if t["name"] in out_err:
+            t["rel_out"] = out_err[t["name"]]
 
 
 def allocation_summary(report: dict, indent: str = "") -> list[str]:
@@ -174,13 +181,16 @@ def format_text(info: dict) -> str:
     width = max([len(t["name"]) for t in info["tensors"]] + [4])
     meas = any("rel_rms" in t for t in info["tensors"])
     pred = any("predicted_rel_rms" in t for t in info["tensors"])
+    out = any("rel_out" in t for t in info["tensors"])
     lines.append(f"{'name':<{width}}  {'shape':<16} {'type':<12} {'bpw':>7} {'bytes':>14}"
-                 + (f" {'rel_rms%':>9}" if meas else "") + (f" {'pred%':>8}" if pred else ""))
+                 + (f" {'rel_rms%':>9}" if meas else "") + (f" {'pred%':>8}" if pred else "")
+                 + (f" {'out%':>8}" if out else ""))
     for t in info["tensors"]:
         shape = "x".join(str(d) for d in t["shape"])
         lines.append(f"{t['name']:<{width}}  {shape:<16} {t['type']:<12} {t['bpw']:>7.3f} {t['bytes']:>14,}"
                      + (f" {_pct(t.get('rel_rms')):>9}" if meas else "")
-                     + (f" {_pct(t.get('predicted_rel_rms')):>8}" if pred else ""))
+                     + (f" {_pct(t.get('predicted_rel_rms')):>8}" if pred else "")
+                     + (f" {_pct(t.get('rel_out')):>8}" if out else ""))
     tot = info["total"]
     lines.append(f"total: {tot['tensors']} tensors, {tot['elements']:,} weights, {tot['bytes']:,} bytes "
                  f"({tot['bytes'] / 2**20:.1f} MiB), {tot['bpw']:.3f} bits per weight")

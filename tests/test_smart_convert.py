@@ -107,6 +107,13 @@ def test_size_is_respected(llama, tmp_path, capsys):
     # erank calibrates too (automatically, on the built-in text), and GPTQ rounds on those Hessians
     assert report["budget"]["kind"] == "size" and report["calibration"]["source"] == "built-in"
     assert report["gptq"] is True and report["rel_out"]
+    capsys.readouterr()
+    assert cli_main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "out%" in text and "GPTQ rounding" in text
+    for name, e in report["rel_out"].items():  # GPTQ's output error, per tensor, in the table
+        line = next(l for l in text.splitlines() if l.startswith(name + " "))
+        assert line.split()[-1] == f"{100 * e:.3f}"
     assert len(set(file_types(out)[0].values())) >= 2
 
 

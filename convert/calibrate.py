@@ -425,7 +425,7 @@ def _replace(layer, i: int, ck: _Checkpoint, new: dict[str, np.ndarray]) -> None
         if tuple(w.shape) != shape:
             raise ValueError(f"on_layer returned {gguf_name} of shape {w.shape}, expected {shape}")
         with torch.no_grad():
-            if p.numel() == 0 and w.size:
+            if hasattr(p, "full_shape"):  # released: take the new array as its storage
                 p.data = torch.from_numpy(w)
                 del p.full_shape
             else:
@@ -440,7 +440,7 @@ def _release(layer, i: int, ck: _Checkpoint, names: list[str]) -> None:
 
     for gguf_name in names:
         p = _layer_param(layer, i, ck, gguf_name)
-        if p.numel():
+        if not hasattr(p, "full_shape"):
             p.full_shape = tuple(p.shape)
             p.data = torch.empty(0, dtype=p.dtype)
 

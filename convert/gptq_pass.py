@@ -85,8 +85,6 @@ class _Writer:
         read from the checkpoint when its turn comes). `hessian` is consumed: each entry is
         dropped once its tensor is written, and a factor once no later tensor of the layer
         shares its input."""
-        from .pipeline import load_checked, relative_rms
-
         self.rtn_until((1, i))
         release([p.spec.name for p in self.plan[self.pos:]
                  if tensor_order(p.spec.name) == (1, i) and p.spec.name in hessian and p.qtype not in FLOAT_TYPES])
@@ -101,7 +99,7 @@ class _Writer:
             if H is None or p.qtype in FLOAT_TYPES:
                 self._one_rtn(p)
             else:
-                self._one_gptq(p, H, prepared, load_checked, relative_rms, replace)
+                self._one_gptq(p, H, prepared, replace)
                 replaced = True
             if H is not None:
                 users[id(H)].discard(p.spec.name)
@@ -110,7 +108,11 @@ class _Writer:
             del H
         return replaced
 
-    def _one_gptq(self, p: Planned, H: np.ndarray, prepared: dict, load_checked, relative_rms, replace) -> None:
+    def _one_gptq(self, p: Planned, H: np.ndarray, prepared: dict, replace: Callable) -> None:
+        """GPTQ one tensor against H (factored once per input in `prepared`), write it, record
+        its errors, and load its dequantized weights into the calibration layer."""
+        from .pipeline import load_checked, relative_rms
+
         if self.bar is not None:
             self.bar.set_postfix_str(p.spec.name, refresh=False)
         w = load_checked(p.spec)

@@ -114,8 +114,8 @@ def use_gptq(gptq: bool | None, mode: str, cal) -> bool:
 
     Why on by default: at 4.0 bpw on the reference model GPTQ took the ΔPPL from 1.04x
     llama.cpp+imatrix's to 0.62x, and KL from 0.70x to 0.40x (docs/quality-ref.md). Its cost
-    grows with the matrices' width: about 2 CPU-minutes per decoder layer of a 7B model
-    (docs/benchmarks.md), which `--no-gptq` saves.
+    grows with the matrices' width: about 2.3 minutes per decoder layer of a 7B model on
+    2 cores (docs/benchmarks.md), which `--no-gptq` saves.
     """
     if gptq is not None:
         return bool(gptq)

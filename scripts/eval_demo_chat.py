@@ -25,7 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_demo_model import article, opening  # noqa: E402  (a sibling script, not a package)
 
 # Nouns a TinyStories-trained model has seen often; a mix of animals, things and places.
 NOUNS = ("dog cat bird fish bear rabbit frog duck dragon robot ball kite boat train "
@@ -41,12 +42,6 @@ HELD_OUT = "penguin giraffe spider pizza bicycle cloud tiger zebra shoe sock hil
 def mentions(text: str, noun: str) -> bool:
     """True when `noun` or its plural is a word of `text`."""
     return re.search(rf"\b{re.escape(noun)}(s|es)?\b", text.lower()) is not None
-
-
-def opening(text: str, sentences: int = 2) -> str:
-    """The first `sentences` sentences of `text`."""
-    parts = re.split(r"(?<=[.!?])\s+", text.strip())
-    return " ".join(parts[:sentences])
 
 
 def score(replies: dict[str, str]) -> dict[str, float]:
@@ -77,10 +72,9 @@ def ask(model, nouns, max_tokens: int) -> tuple[dict[str, str], float]:
     """Greedy replies to "Tell me a story about a {noun}." and the share that ended on EOS."""
     replies, ended = {}, 0
     for noun in nouns:
-        article = "an" if noun[0] in "aeiou" else "a"
-        msgs = [{"role": "user", "content": f"Tell me a story about {article} {noun}."}]
+        msgs = [{"role": "user", "content": f"Tell me a story about {article(noun)}."}]
         replies[noun] = model.chat(msgs, max_tokens=max_tokens, temperature=0.0)
-        ended += len(model.tokenize(replies[noun], add_bos=False)) < max_tokens - 1
+        ended += model.last_stats.finish_reason == "eog"
     return replies, ended / len(nouns)
 
 

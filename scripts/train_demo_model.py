@@ -39,7 +39,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,6 +119,11 @@ def article(noun: str) -> str:
 GENERIC = {"girl", "boy", "friend"}  # in nearly every story: they name no topic
 
 
+def opening(text: str, sentences: int = 2) -> str:
+    """The first `sentences` sentences of `text`, where a story says what it is about."""
+    return " ".join(re.split(r"(?<=[.!?])\s+", text.strip())[:sentences])
+
+
 def story_noun(story: str) -> str | None:
     """The story's topic, with its article: the first NOUNS word of its first two sentences
     (a generic one -- girl, boy, friend -- only when no other is there), else None.
@@ -128,7 +132,7 @@ def story_noun(story: str) -> str | None:
     a model can then learn to follow the request, which a noun buried late in the
     story does not teach.
     """
-    head = " ".join(re.split(r"(?<=[.!?])\s+", story.strip())[:2]).lower()
+    head = opening(story).lower()
     words = [w for w in re.findall(r"[a-z]+", head) if w in NOUNS]
     specific = [w for w in words if w not in GENERIC]
     pick = (specific or words or [None])[0]

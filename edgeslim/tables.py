@@ -33,12 +33,23 @@ class GGMLType(IntEnum):
     Q5_K = 13
     Q6_K = 14
     Q8_K = 15
+    IQ2_XXS = 16
+    IQ2_XS = 17
+    IQ3_XXS = 18
+    IQ1_S = 19
+    IQ4_NL = 20
+    IQ3_S = 21
+    IQ2_S = 22
+    IQ4_XS = 23
     I8 = 24
     I16 = 25
     I32 = 26
     I64 = 27
     F64 = 28
+    IQ1_M = 29
     BF16 = 30
+    TQ1_0 = 34
+    TQ2_0 = 35
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,18 @@ GGML_INFO: dict[GGMLType, QuantInfo] = {
     GGMLType.Q5_K: QuantInfo("Q5_K", QK_K, 176, "ggml", 5),
     GGMLType.Q6_K: QuantInfo("Q6_K", QK_K, 210, "ggml", 6),
     GGMLType.Q8_K: QuantInfo("Q8_K", QK_K, 292, "ggml", 8),
+    # llama.cpp's lattice / non-linear ("IQ") types and the ternary types
+    GGMLType.IQ4_NL: QuantInfo("IQ4_NL", 32, 18, "ggml", 4),
+    GGMLType.IQ4_XS: QuantInfo("IQ4_XS", QK_K, 136, "ggml", 4),
+    GGMLType.IQ3_S: QuantInfo("IQ3_S", QK_K, 110, "ggml", 3),
+    GGMLType.IQ3_XXS: QuantInfo("IQ3_XXS", QK_K, 98, "ggml", 3),
+    GGMLType.IQ2_S: QuantInfo("IQ2_S", QK_K, 82, "ggml", 2),
+    GGMLType.IQ2_XS: QuantInfo("IQ2_XS", QK_K, 74, "ggml", 2),
+    GGMLType.IQ2_XXS: QuantInfo("IQ2_XXS", QK_K, 66, "ggml", 2),
+    GGMLType.IQ1_M: QuantInfo("IQ1_M", QK_K, 56, "ggml", 1),
+    GGMLType.IQ1_S: QuantInfo("IQ1_S", QK_K, 50, "ggml", 1),
+    GGMLType.TQ2_0: QuantInfo("TQ2_0", QK_K, 66, "ggml", 2),
+    GGMLType.TQ1_0: QuantInfo("TQ1_0", QK_K, 54, "ggml", 2),
     GGMLType.I8: QuantInfo("I8", 1, 1, "int", 8),
     GGMLType.I16: QuantInfo("I16", 1, 2, "int", 16),
     GGMLType.I32: QuantInfo("I32", 1, 4, "int", 32),
@@ -229,6 +252,7 @@ def is_quantizable(name: str, n_dims: int) -> bool:
 
 # llama.cpp's general.file_type values (LLAMA_FTYPE_*) for the uniform choices.
 FILE_TYPE = {
-    "F32": 0, "F16": 1, "Q8_0": 7, "Q2_K": 10, "Q3_K": 12, "Q4_K": 15,
-    "Q5_K": 17, "Q6_K": 18, "BF16": 32,
+    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K": 12,
+    "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "IQ2_XXS": 19, "IQ2_XS": 20, "IQ3_XXS": 23, "IQ1_S": 24,
+    "IQ4_NL": 25, "IQ3_S": 26, "IQ2_S": 28, "IQ4_XS": 30, "IQ1_M": 31, "BF16": 32, "TQ1_0": 36, "TQ2_0": 37,
 }

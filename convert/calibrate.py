@@ -1,6 +1,7 @@
 """Calibration statistics of an HF Llama / Mistral / Qwen2 model, computed one decoder layer at a time.
 
     collect(model_dir, calib=None, n_tokens=4096, seq_len=512, want_hessian=False, on_layer=None) -> CalibStats
+    for stats in layers(model_dir, calib, n_tokens, seq_len, want_hessian): ...   # the same walk, driven
     calib_token_ids(model_dir, calib, n_tokens, seq_len) -> list[np.ndarray]   # the sequences collect() runs
     read_calib_text(path=None) -> str        # --calib FILE, or the built-in calib_default.txt
     add_calib_args(parser)                   # --calib FILE, --calib-tokens N
@@ -25,10 +26,12 @@ sum x^2 and X^T X; then it is freed.  Peak memory is about one layer in
 float32 plus the calibration activations (and, with Hessians, the Hessians of
 one layer when `on_layer` consumes them, else all of them).
 
-`on_layer(LayerStats) -> {gguf name: array} | None` is called after each layer
-(and for the head): a caller may quantize the layer there and return the
-dequantized weights (as the GGUF stores them) so that the next layer is
+`layers(...)` yields each layer's `LayerStats` (and then the head's): while it
+is out, the caller may quantize the layer and load the dequantized weights (as
+the GGUF stores them) with `stats.replace`, so that the next layer is
 calibrated on the quantized layer's outputs (GPTQ's sequential mode).
+`collect(..., on_layer=f)` is that walk with a function `f(LayerStats) ->
+{gguf name: array} | None` called at each step.
 """
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ class LayerStats:
     # release(gguf_names): free those weights now (each must then be replaced)
     replace: Callable[[str, np.ndarray], None] | None = None
     release: Callable[[list[str]], None] | None = None
+    changed: bool = False  # set by replace / release: the layer is run again on its new weights
 
 
 @dataclass
@@ -460,18 +464,42 @@ def collect(model_dir: str | Path, calib=None, n_tokens: int = DEFAULT_CALIB_TOK
     statistics go to it as soon as they exist (Hessians are then not kept in the
     result) and weights it returns ({GGUF name: array}) replace the layer's before its
     outputs feed the next layer; it may instead load them one by one with
-    `stats.replace(name, array)` and return True.  `threads` sets torch's intra-op threads for the duration.
+    `stats.replace(name, array)`.  `threads` sets torch's intra-op threads for the duration.
+    (`layers` is the same walk as a generator, for callers that drive it.)
+    """
+    result = CalibStats(hessian={} if want_hessian and on_layer is None else None)
+    for stats in layers(model_dir, calib, n_tokens, seq_len, want_hessian, threads, result):
+        new = on_layer(stats) if on_layer is not None else None
+        if isinstance(new, dict):
+            for name, arr in new.items():
+                stats.replace(name, arr)
+    return result
+
+
+def layers(model_dir: str | Path, calib=None, n_tokens: int = DEFAULT_CALIB_TOKENS, seq_len: int = DEFAULT_SEQ_LEN,
+           want_hessian: bool = False, threads: int | None = None, result: CalibStats | None = None):
+    """Yield each decoder layer's LayerStats (then the head's, index == n_layers) as `collect` computes them.
+
+    While a layer's stats are out, the caller may `stats.release` / `stats.replace` its
+    weights; when it replaced any, the layer is run again on its new weights before its
+    outputs feed the next layer (GPTQ's sequential mode). `result`, when given, gathers
+    the importance (and the Hessians when its `hessian` is a dict) and the token counts.
     """
     import torch
 
     folder = Path(model_dir)
     ck = _Checkpoint(folder)
     seqs = calib_token_ids(folder, calib, n_tokens, seq_len)
+    if result is not None:
+        result.n_tokens, result.n_sequences = int(sum(len(s) for s in seqs)), len(seqs)
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _collect(ck, seqs, want_hessian, on_layer)
+        for stats in _walk(ck, seqs, want_hessian):
+            if result is not None:
+                _gather(stats, result)
+            yield stats
     finally:
         torch.set_num_threads(old_threads)
 
@@ -483,15 +511,15 @@ def hidden_states(model_dir: str | Path, calib=None, n_tokens: int = DEFAULT_CAL
     (T, hidden) float32 arrays, one per calibration sequence."""
     ck = _Checkpoint(Path(model_dir))
     trace: list = []
-    _collect(ck, calib_token_ids(model_dir, calib, n_tokens, seq_len), False, None, trace)
+    for _ in _walk(ck, calib_token_ids(model_dir, calib, n_tokens, seq_len), False, trace):
+        pass
     return [[h.numpy() for h in stage] for stage in trace]
 
 
-def _collect(ck: _Checkpoint, seqs: list[np.ndarray], want_hessian: bool, on_layer, trace=None) -> CalibStats:
+def _walk(ck: _Checkpoint, seqs: list[np.ndarray], want_hessian: bool, trace=None):
+    """The layer-by-layer pass of `layers` (without threads and result)."""
     import torch
 
-    result = CalibStats(hessian={} if want_hessian and on_layer is None else None,
-                        n_tokens=int(sum(len(s) for s in seqs)), n_sequences=len(seqs))
     flat = ck.embed_rows(np.concatenate(seqs))
     hidden = list(torch.split(flat, [len(s) for s in seqs]))
     runner = _Runner(ck, seqs)
@@ -503,12 +531,9 @@ def _collect(ck: _Checkpoint, seqs: list[np.ndarray], want_hessian: bool, on_lay
         out = runner.run(layer, i, hidden, hooks)
         hooks.remove()
         stats = hooks.stats(i, want_hessian)
-        stats.replace = lambda name, arr, layer=layer, i=i: _replace(layer, i, ck, {name: arr})
-        stats.release = lambda names, layer=layer, i=i: _release(layer, i, ck, names)
-        new = _deliver(stats, result, on_layer)  # a dict of new weights, or truthy once replaced
-        if new:
-            if isinstance(new, dict):
-                _replace(layer, i, ck, new)
+        _attach(stats, layer, i, ck)
+        yield stats  # the caller may release / replace the layer's weights now
+        if stats.changed:
             _check_filled(layer, i)
             out = runner.run(layer, i, hidden)
         hidden = out
@@ -524,13 +549,24 @@ def _collect(ck: _Checkpoint, seqs: list[np.ndarray], want_hessian: bool, on_lay
     if trace is not None:
         trace.append(normed)
     head = ck.head_name()
-    _deliver(LayerStats(ck.arch.n_layers, {head: acc.importance()}, {head: acc.hessian()} if want_hessian else None),
-             result, on_layer)
-    return result
+    yield LayerStats(ck.arch.n_layers, {head: acc.importance()}, {head: acc.hessian()} if want_hessian else None)
 
 
-def _deliver(stats: LayerStats, result: CalibStats, on_layer):
+def _attach(stats: LayerStats, layer, i: int, ck: _Checkpoint) -> None:
+    """Give `stats` its release / replace functions on decoder layer i; either marks it changed."""
+
+    def replace(name: str, arr: np.ndarray) -> None:
+        _replace(layer, i, ck, {name: arr})
+        stats.changed = True
+
+    def release(names: list[str]) -> None:
+        _release(layer, i, ck, names)
+        stats.changed = stats.changed or bool(names)
+
+    stats.replace, stats.release = replace, release
+
+
+def _gather(stats: LayerStats, result: CalibStats) -> None:
     result.importance.update(stats.importance)
     if result.hessian is not None:
         result.hessian.update(stats.hessian)
-    return on_layer(stats) if on_layer is not None else None

@@ -1,12 +1,13 @@
-"""`--gptq`: write the file while a second calibration pass walks the decoder layers.
+"""The GPTQ transform: quantize each decoder layer inside a second calibration pass.
 
-    errors, out_errors = stream_gptq(g, plan, cal, n_layers, bar, write_rtn)
+    for c in gptq_stream(plan, cal, importance, n_layers):   # Converted, in plan order
+        ...                                                   # the write pass stores c.data
 
 Hessians are (cols, cols) per linear input: all of a 7B model's would be
-tens of GB, so they are never held together. `calibrate.collect(...,
-want_hessian=True, on_layer=...)` hands over one decoder layer's Hessians at
-a time; the callback writes every planned tensor up to and including that
-layer, in file order (GGUFOut writes in plan order):
+tens of GB, so they are never held together. `calibrate.layers(...,
+want_hessian=True)` yields one decoder layer's Hessians at a time; this pass
+then yields every planned tensor up to and including that layer, in file
+order (the write pass stores them as they come, GGUFOut in plan order):
 
 * tensors before the layer (token embedding, rope tables): RTN, weighted by
   the first pass's importance (a tied embedding is the head, whose importance
@@ -19,7 +20,7 @@ layer, in file order (GGUFOut writes in plan order):
   reference GPTQ, which leaves the head to round-to-nearest).
 
 Each tensor's dequantized weights go into the calibration layer as soon as
-it is written (`stats.replace`), so the next layer is calibrated on the
+it is quantized (`stats.replace`), so the next layer is calibrated on the
 quantized model's activations (GPTQ's sequential mode), and each Hessian and
 its factor are dropped after the last tensor that reads that input: with a
 7B model's 11008-wide ffn_down this keeps the peak under 4 GB (measured in
@@ -29,17 +30,18 @@ sqrt(tr(E H E^T) / tr(W H W^T)) on a row sample (rows are independent).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Iterator
 
 import numpy as np
 
-from edgeslim.gguf_write import GGUFOut
 from edgeslim.quants import dequantize
 
 from .analyze import sample_rows
 from .gptq import gptq_quantize, prepare_hessian
 from .model import tensor_order
 from .plan import Planned
+from .source import load_checked
+from .transform import Converted, relative_rms, rtn_one
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 F64 = np.float64
@@ -60,102 +62,83 @@ def output_rel_error(w: np.ndarray, d: np.ndarray, H: np.ndarray, max_weights: i
     return float(np.sqrt(num / den)) if den > 0 else 0.0
 
 
-class _Writer:
-    """The plan written in order, layer by layer."""
+def gptq_stream(plan: list[Planned], cal, importance: dict, n_layers: int) -> Iterator[Converted]:
+    """`plan` quantized with GPTQ layer by layer (module doc), as Converted records in plan order.
 
-    def __init__(self, g: GGUFOut, plan: list[Planned], importance: dict, bar, write_rtn: Callable):
-        self.g, self.plan, self.importance, self.bar, self.write_rtn = g, plan, importance, bar, write_rtn
-        self.pos = 0
-        self.errors: dict[str, float] = {}
-        self.out_errors: dict[str, float] = {}
+    cal: measure.Calibration (folder, text, tokens); importance: {name: (cols,)} from the
+    first calibration pass, weighting the round-to-nearest tensors."""
+    from .calibrate import layers
+
+    todo = _Todo(plan)
+    for stats in layers(cal.folder, cal.text, cal.n_tokens, want_hessian=True):
+        if stats.index >= n_layers:  # the head: everything left, with this pass's importance
+            yield from todo.rtn_until(None, {**importance, **stats.importance})
+            continue
+        hessian = stats.hessian or {}
+        stats.hessian = None  # this pass's dict is the last reference: it frees each Hessian
+        yield from todo.layer(stats, hessian, importance)
+    yield from todo.rtn_until(None, importance)
+
+
+class _Todo:
+    """The plan still to be transformed, in order."""
+
+    def __init__(self, plan: list[Planned]):
+        self.plan, self.pos = plan, 0
 
     def _next_order(self):
         return tensor_order(self.plan[self.pos].spec.name) if self.pos < len(self.plan) else None
 
-    def rtn_until(self, stop=None, importance: dict | None = None) -> None:
-        """RTN-write planned tensors whose file order is before `stop` (None: all that are left)."""
+    def _take(self) -> Planned:
+        self.pos += 1
+        return self.plan[self.pos - 1]
+
+    def rtn_until(self, stop, importance: dict) -> Iterator[Converted]:
+        """Round-to-nearest the planned tensors whose file order is before `stop` (None: all that are left)."""
         while self.pos < len(self.plan) and (stop is None or self._next_order() < stop):
-            self._one_rtn(self.plan[self.pos], importance)
+            p = self._take()
+            yield rtn_one(p, importance.get(p.spec.name))
 
-    def layer(self, i: int, hessian: dict[str, np.ndarray], replace: Callable, release: Callable) -> bool:
-        """Write decoder layer i (GPTQ where a Hessian exists), loading each GPTQ'd tensor's
-        dequantized weights into the calibration layer with `replace`; True when any was.
+    def layer(self, stats, hessian: dict[str, np.ndarray], importance: dict) -> Iterator[Converted]:
+        """Decoder layer stats.index (GPTQ where a Hessian exists), loading each GPTQ'd tensor's
+        dequantized weights into the calibration layer with `stats.replace`.
 
-        The calibration layer's copies of the tensors to GPTQ are `release`d first (each is
+        The calibration layer's copies of the tensors to GPTQ are released first (each is
         read from the checkpoint when its turn comes). `hessian` is consumed: each entry is
-        dropped once its tensor is written, and a factor once no later tensor of the layer
+        dropped once its tensor is done, and a factor once no later tensor of the layer
         shares its input."""
-        self.rtn_until((1, i))
-        release([p.spec.name for p in self.plan[self.pos:]
-                 if tensor_order(p.spec.name) == (1, i) and p.spec.name in hessian and p.qtype not in FLOAT_TYPES])
+        here = (1, stats.index)
+        yield from self.rtn_until(here, importance)
+        stats.release([p.spec.name for p in self.plan[self.pos:]
+                       if tensor_order(p.spec.name) == here and p.spec.name in hessian
+                       and p.qtype not in FLOAT_TYPES])
         prepared: dict[int, object] = {}
-        users = {}  # id(H) -> names of this layer still to read it
+        users: dict[int, set] = {}  # id(H) -> names of this layer still to read it
         for name, H in hessian.items():
             users.setdefault(id(H), set()).add(name)
-        replaced = False
-        while self.pos < len(self.plan) and self._next_order() == (1, i):
-            p = self.plan[self.pos]
+        while self.pos < len(self.plan) and self._next_order() == here:
+            p = self._take()
             H = hessian.pop(p.spec.name, None)
             if H is None or p.qtype in FLOAT_TYPES:
-                self._one_rtn(p)
+                yield rtn_one(p, importance.get(p.spec.name))
             else:
-                self._one_gptq(p, H, prepared, replace)
-                replaced = True
+                yield _gptq_one(p, H, prepared, stats.replace)
             if H is not None:
                 users[id(H)].discard(p.spec.name)
                 if not users[id(H)]:
                     prepared.pop(id(H), None)
             del H
-        return replaced
-
-    def _one_gptq(self, p: Planned, H: np.ndarray, prepared: dict, replace: Callable) -> None:
-        """GPTQ one tensor against H (factored once per input in `prepared`), write it, record
-        its errors, and load its dequantized weights into the calibration layer."""
-        from .pipeline import load_checked, relative_rms
-
-        if self.bar is not None:
-            self.bar.set_postfix_str(p.spec.name, refresh=False)
-        w = load_checked(p.spec)
-        if id(H) not in prepared:
-            prepared[id(H)] = prepare_hessian(H)
-        q = gptq_quantize(w, prepared[id(H)], p.qtype)
-        self.g.write(p.spec.name, q)
-        d = dequantize(q)
-        del q
-        self.errors[p.spec.name] = relative_rms(w, d)
-        self.out_errors[p.spec.name] = output_rel_error(w, d, H)
-        del w
-        replace(p.spec.name, d)
-        self.pos += 1
-        if self.bar is not None:
-            self.bar.update(p.spec.n_elements)
-
-    def _one_rtn(self, p: Planned, importance: dict | None = None) -> None:
-        imp = self.importance if importance is None else importance
-        e = self.write_rtn(self.g, p, imp.get(p.spec.name), self.bar)
-        if e is not None:
-            self.errors[p.spec.name] = e
-        self.pos += 1
 
 
-def stream_gptq(g: GGUFOut, plan: list[Planned], cal, n_layers: int, bar, write_rtn: Callable
-                ) -> tuple[dict[str, float], dict[str, float]]:
-    """Write `plan` into `g` with GPTQ layer by layer (module doc); ({name: rel RMS}, {name: rel output error}).
-
-    cal: smart.Calibration (folder, text, tokens; `importance` from its first pass);
-    write_rtn(g, planned, importance, bar) -> rel RMS | None writes one tensor round-to-nearest."""
-    from .calibrate import collect
-
-    w = _Writer(g, plan, cal.importance, bar, write_rtn)
-
-    def on_layer(stats):
-        if stats.index >= n_layers:  # the head: everything left, with this pass's importance
-            w.rtn_until(None, {**cal.importance, **stats.importance})
-            return None
-        hessian = stats.hessian or {}
-        stats.hessian = None  # the writer's dict is the last reference: it frees each Hessian
-        return w.layer(stats.index, hessian, stats.replace, stats.release)
-
-    collect(cal.folder, cal.text, cal.n_tokens, want_hessian=True, on_layer=on_layer)
-    w.rtn_until(None)
-    return w.errors, w.out_errors
+def _gptq_one(p: Planned, H: np.ndarray, prepared: dict, replace) -> Converted:
+    """GPTQ one tensor against H (factored once per input in `prepared`), measure its errors,
+    and load its dequantized weights into the calibration layer."""
+    w = load_checked(p.spec)
+    if id(H) not in prepared:
+        prepared[id(H)] = prepare_hessian(H)
+    q = gptq_quantize(w, prepared[id(H)], p.qtype)
+    d = dequantize(q)
+    out = Converted(p, q, relative_rms(w, d), output_rel_error(w, d, H))
+    del w
+    replace(p.spec.name, d)
+    return out

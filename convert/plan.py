@@ -1,5 +1,7 @@
 """Which storage type each tensor gets, and what the whole plan weighs (exact bytes).
 
+    plan, fit = plan_uniform(model, qtype, family, target, ctx)   # the plan pass for --quant (or F16)
+
 Only 2-D weight matrices take the chosen type; norms, biases and tables stay
 F32 (`tables.is_quantizable`). A matrix whose row length is not a multiple of
 the type's block gets `quants.fallback_type` (K-quant -> Q8_0 -> F16, affine
@@ -12,8 +14,10 @@ from dataclasses import dataclass
 from edgeslim.errors import InputError
 from edgeslim.quants import fallback_type
 from edgeslim.tables import GGML_WRITABLE, affine_name, is_quantizable, parse_affine, quant_info
+from edgeslim.targets import Fit, Target, kv_cache_bytes, pick_type, require_fit
 
-from .model import TensorSpec
+from .model import SourceModel, TensorSpec
+from .notes import note
 
 FAMILIES = ("ggml", "affine")
 DEFAULT_QUANT = "F16"
@@ -34,6 +38,17 @@ class Planned:
     @property
     def quantized(self) -> bool:
         return self.qtype != "F32"
+
+
+@dataclass
+class PlanResult:
+    """The plan pass's result, what the transform and write passes need: the plan, its fit, the
+    report's keys about how it was chosen, and the bytes the report must at least be given."""
+
+    plan: list[Planned]
+    fit: Fit
+    extra: dict
+    report_size: int = 0
 
 
 def planned_bytes(shape: tuple[int, ...], qtype: str) -> int:
@@ -109,3 +124,39 @@ def matrix_bpw(plan: list[Planned]) -> float:
     mats = [p for p in plan if is_quantizable(p.spec.name, len(p.spec.shape))]
     n = sum(p.spec.n_elements for p in mats)
     return 8.0 * sum(p.nbytes for p in mats) / n if n else 0.0
+
+
+def plan_uniform(model: SourceModel, qtype: str | None, family: str, tgt: Target | None,
+                 ctx: int) -> tuple[list[Planned], Fit]:
+    """One type for every matrix (given, the best that fits the target, or F16) and its fit;
+    FitError when it does not fit. Block fallbacks are recorded in each Planned (`note_fallbacks`)."""
+    fit = choose_type(model, qtype, family, tgt, ctx)
+    plan = make_plan(model.tensors, fit.qtype)
+    return plan, fit
+
+
+def choose_type(model: SourceModel, qtype: str | None, family: str, tgt: Target | None, ctx: int) -> Fit:
+    """The type to write and its fit: given, picked for the target, or the default."""
+    kv = kv_cache_bytes(model.n_layers, ctx, model.n_kv_heads, model.head_dim)
+
+    def weights_for(q: str) -> int:
+        return plan_bytes(model.tensors, q)
+
+    if qtype is None and tgt is not None:
+        return pick_type(family, weights_for, kv, tgt, ctx)
+    q = qtype or DEFAULT_QUANT
+    fit = Fit(q, ctx, weights_for(q), kv, tgt)
+    require_fit(fit, family, weights_for)
+    return fit
+
+
+def note_fallbacks(plan: list[Planned]) -> None:
+    """One stderr note per (row length, requested type, used type), like llama.cpp's warnings."""
+    groups: dict[tuple[int, str, str], list[str]] = {}
+    for p in plan:
+        if p.fallback_from:
+            groups.setdefault((int(p.spec.shape[-1]), p.fallback_from, p.qtype), []).append(p.spec.name)
+    for (row, asked, used), names in groups.items():
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        note(f"rows of {row} are not a multiple of {asked}'s block of {quant_info(asked).block}; "
+             f"{len(names)} tensor(s) use {used} instead ({shown})")

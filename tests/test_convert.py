@@ -493,12 +493,12 @@ def test_error_hub_id_offline(tmp_path, monkeypatch, capsys):
 
 def test_failure_midway_leaves_no_file(tiny_hf_model, tmp_path, monkeypatch):
     """An exception while streaming removes the temp file and writes no output."""
-    import edgeslim.convert.pipeline as pipeline
+    import edgeslim.convert.transform as transform
 
     def boom(w, qtype, importance=None):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(pipeline, "quantize", boom)
+    monkeypatch.setattr(transform, "quantize", boom)
     with pytest.raises(RuntimeError):
         convert(str(tiny_hf_model("llama", "spm")), tmp_path / "o.gguf", quant="Q8_0", progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -546,7 +546,7 @@ def test_inspect_imports_no_torch(tiny_hf_model, tmp_path):
 
 
 def test_relative_rms_helper():
-    from edgeslim.convert.pipeline import relative_rms
+    from edgeslim.convert.transform import relative_rms
 
     w = np.arange(1, 13, dtype=np.float32).reshape(3, 4)
     d = w * 1.01

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from edgeslim import targets  # noqa: E402
 from edgeslim.cli import main as cli_main  # noqa: E402
-from edgeslim.convert import pipeline, smart  # noqa: E402
+from edgeslim.convert import budget, calibrate, measure, transform  # noqa: E402
 from edgeslim.convert.pipeline import convert, open_source  # noqa: E402
 from edgeslim.errors import FitError, InputError  # noqa: E402
 from edgeslim.tables import Keys, is_quantizable  # noqa: E402
@@ -120,7 +120,7 @@ def test_size_is_respected(llama, tmp_path, capsys):
 def test_target_fills_a_small_device(llama, tmp_path, monkeypatch):
     """A fake device with room for about 3.5 bits per weight after KV cache and overhead."""
     m = open_source(str(llama))
-    mats, fixed = smart.matrices(m)
+    mats, fixed = budget.matrices(m)
     n = sum(s.n_elements for s in mats)
     kv = targets.kv_cache_bytes(m.n_layers, 256, m.n_kv_heads, m.head_dim)
     ram = targets.OVERHEAD_BYTES + kv + fixed + int(3.5 * n / 8)
@@ -231,8 +231,8 @@ def test_fit_error_below_two_bits_before_any_work(llama, tmp_path, monkeypatch, 
     def never(*a, **k):
         raise AssertionError("measured although the budget cannot fit")
 
-    monkeypatch.setattr(smart, "analysis_pass", never)
-    monkeypatch.setattr(smart.Calibration, "run_importance", never)
+    monkeypatch.setattr(measure, "analysis_pass", never)
+    monkeypatch.setattr(calibrate, "collect", never)
     with pytest.raises(FitError, match=r"--bpw 2.0 .*Q2_K.*2\.6\d* bits per weight"):
         convert(str(llama), tmp_path / "o.gguf", bpw=2.0, progress=False)
     assert cli_main(["convert", str(llama), "-o", str(tmp_path / "o.gguf"), "--size", "500KB"]) == 2
@@ -250,8 +250,8 @@ def test_failure_midway_leaves_no_file(llama, tmp_path, monkeypatch):
             raise RuntimeError("boom")
         return pipeline_quantize(w, qtype, importance)
 
-    pipeline_quantize = pipeline.quantize
-    monkeypatch.setattr(pipeline, "quantize", boom)
+    pipeline_quantize = transform.quantize
+    monkeypatch.setattr(transform, "quantize", boom)
     with pytest.raises(RuntimeError):
         convert(str(llama), tmp_path / "o.gguf", bpw=4.5, calib=False, progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -297,7 +297,7 @@ def test_report_reservation_scales_to_7b_models():
     from edgeslim.convert.allocate import allocate, nominal_rel_error
     from edgeslim.convert.analyze import TensorAnalysis, effective_types, family_types
     from edgeslim.convert.model import SourceModel, TensorSpec
-    from edgeslim.convert.pipeline import build_report, report_size
+    from edgeslim.convert.report import build_report, report_size
     from edgeslim.convert.plan import Planned
 
     shapes = [("attn_norm", (4096,)), ("attn_q", (4096, 4096)), ("attn_k", (1024, 4096)), ("attn_v", (1024, 4096)),
@@ -330,4 +330,4 @@ def test_report_reservation_scales_to_7b_models():
     need = len(json.dumps(full, separators=(",", ":")).encode())
     assert len(mats) == 226 and need > 40_000
     assert need <= report_size(build_report(model, plan, fit, "affine", {}, extra), plan, True)
-    assert need <= smart.report_bound(mats)
+    assert need <= budget.report_bound(mats)

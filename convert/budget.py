@@ -1,0 +1,132 @@
+"""The plan pass under a budget (`--target`, `--bpw`, `--size`): bytes for the matrices, then a type per matrix.
+
+    mats, fixed = matrices(model)
+    budget = make_budget(model, mats, fixed, types, family, kind, value, target, ctx)   # FitError up front
+    res = plan_to_budget(model, analyses, budget, signal, family, group, types, target, ctx)
+    res.plan, res.fit, res.extra   # -> the transform and write passes
+
+1. Budget (bytes for the 2-D weight matrices, embeddings and head included):
+   `--bpw X`: X * matrix weights / 8; `--size S`: S - unquantized tensors -
+   header (measured, `header.header_bytes`) - alignment padding, so the file
+   is at most S; `--target NAME`: usable memory - KV cache at `--ctx` -
+   runtime overhead - unquantized tensors (`allocate.budget_from_target`).
+   When even the family's smallest types (Q2_K / AFFINE2) do not fit:
+   FitError with the numbers, before any measuring or writing.
+2. (The measure pass: calibration importance and the analysis of every matrix.)
+3. Allocation (`allocate.allocate`): the signal's cost per (tensor, type),
+   convex-hull knapsack to the budget. Candidates: Q2_K..Q8_0 (ggml) or
+   AFFINE2..8_G{group} (affine), plus F16 on top for --bpw/--size; with
+   --target the ladder stops at Q8_0 / AFFINE8 like the uniform picker (F16
+   doubles the memory traffic for a difference below the noise of a benchmark).
+
+The default signal is erank, chosen by measurement: see allocate.DEFAULT_SIGNAL and
+docs/quality-ref.md.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from edgeslim.errors import FitError, InputError
+from edgeslim.targets import Fit, Target, gib, kv_cache_bytes
+
+from .allocate import allocate, budget_from_bpw, budget_from_size, budget_from_target, parse_size
+from .analyze import TensorAnalysis, effective_types, type_bytes
+from .header import ALIGNMENT, header_bytes
+from .model import SourceModel, TensorSpec
+from .plan import Planned, PlanResult, planned_bytes
+
+HEADER_SLACK = 512  # bytes: keys whose presence depends on the allocation (general.file_type)
+
+
+@dataclass
+class Budget:
+    """Bytes the 2-D weight matrices may take, and what the user asked for."""
+
+    kind: str  # "target" | "bpw" | "size"
+    value: object
+    bytes: int
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "value": self.value, "bytes": self.bytes}
+
+
+def matrices(model: SourceModel) -> tuple[list[TensorSpec], int]:
+    """(the 2-D weight matrices, bytes of every other tensor, kept F32)."""
+    from edgeslim.tables import is_quantizable
+
+    mats = [s for s in model.tensors if is_quantizable(s.name, len(s.shape))]
+    names = {s.name for s in mats}
+    return mats, sum(planned_bytes(s.shape, "F32") for s in model.tensors if s.name not in names)
+
+
+def min_bytes(mats: list[TensorSpec], types) -> int:
+    """Bytes of every matrix at its smallest candidate type (block fallbacks applied)."""
+    return sum(min(type_bytes(t, s.n_elements) for t in effective_types(types, int(s.shape[1]))) for s in mats)
+
+
+def report_bound(mats: list[TensorSpec]) -> int:
+    """An upper bound on the report's size (allocation record, types, measured errors)."""
+    return 8192 + sum(3 * len(s.name.encode()) + 360 for s in mats)
+
+
+def make_budget(model: SourceModel, mats: list[TensorSpec], fixed: int, types, family: str, kind: str, value,
+                tgt: Target | None, ctx: int) -> Budget:
+    """The byte budget for `kind`; FitError with the numbers when even the smallest types do not fit."""
+    need = min_bytes(mats, types)
+    n = sum(s.n_elements for s in mats)
+    if kind == "target":
+        kv = kv_cache_bytes(model.n_layers, ctx, model.n_kv_heads, model.head_dim)
+        least = Fit(types[0], ctx, fixed + need, kv, tgt)
+        if not least.fits:
+            raise FitError(f"the model does not fit {tgt.name} even at the smallest {family} types: "
+                           f"{least.short()}; choose a bigger target, a smaller --ctx or a smaller model")
+        return Budget(kind, tgt.name, budget_from_target(tgt.name, model.n_layers, model.n_kv_heads,
+                                                          model.head_dim, ctx, fixed))
+    if kind == "bpw":
+        budget = budget_from_bpw(value, n)
+        if need > budget:
+            raise FitError(f"--bpw {value} gives {gib(budget)} ({budget:,} bytes) for {n:,} matrix weights but even "
+                           f"the smallest {family} types ({types[0]}) need {gib(need)} ({8 * need / n:.3f} bits per "
+                           f"weight); give --bpw {math.ceil(800 * need / n) / 100} or more")
+        return Budget(kind, float(value), budget)
+    size = parse_size(value) if isinstance(value, str) else int(value)
+    if size <= 0:
+        raise InputError(f"--size must be positive, got {value!r}")
+    header = _header_bound(model, mats, family, types)
+    padding = (3 if family == "affine" else 1) * len(mats) * (ALIGNMENT - 1) + len(model.tensors) * (ALIGNMENT - 1)
+    budget = budget_from_size(size, fixed, header + padding)
+    if need > budget:
+        raise FitError(f"--size {value} leaves {gib(budget)} ({budget:,} bytes) for the weight matrices "
+                       f"(unquantized tensors {gib(fixed)}, header {gib(header + padding)}) but even the smallest "
+                       f"{family} types ({types[0]}) need {gib(need)}; give --size "
+                       f"{math.ceil((size - budget + need) / 1e4) / 100} MB or more")
+    return Budget(kind, value, budget)
+
+
+def _header_bound(model: SourceModel, mats: list[TensorSpec], family: str, types) -> int:
+    """Header bytes for any allocation: every matrix planned at the family's first type (affine:
+    three records each), the longest type name in the choices, the report at its bound."""
+    first = {s.name for s in mats}
+    plan = [Planned(s, types[0] if s.name in first else "F32") for s in model.tensors]
+    longest = max(types, key=len)
+    choices = json.dumps({p.spec.name: (longest if p.spec.name in first else "F32") for p in plan})
+    fit = Fit("mixed", 1, 0, 0, None)
+    return header_bytes(model, plan, fit, family, report_bound(mats), choices) + HEADER_SLACK
+
+
+def plan_to_budget(model: SourceModel, analyses: list[TensorAnalysis], budget: Budget, signal: str, family: str,
+                   group: int, types, tgt: Target | None, ctx: int) -> PlanResult:
+    """Allocate a type per matrix within `budget` (module doc) and plan every tensor."""
+    alloc = allocate(analyses, budget.bytes, signal, family, group, types=types)
+    chosen = alloc.tensor_types()
+    plan = [Planned(s, chosen.get(s.name, "F32")) for s in model.tensors]
+    used = {chosen[a.name] for a in analyses}
+    label = used.pop() if len(used) == 1 else "mixed"
+    kv = kv_cache_bytes(model.n_layers, ctx, model.n_kv_heads, model.head_dim)
+    fit = Fit(label, ctx, sum(p.nbytes for p in plan), kv, tgt)
+    extra = {"mode": budget.kind, "budget": budget.to_dict(), "allocation": alloc.to_dict()}
+    # --size: reserve the bound the header estimate assumed (the write pass takes the larger of it and the need)
+    mats = [s for s in model.tensors if s.name in chosen]
+    return PlanResult(plan, fit, extra, report_bound(mats) if budget.kind == "size" else 0)

@@ -2,7 +2,7 @@
 
 Layout (each piece small, one job):
     loader.py      open_model(path) -> ModelFile: mmap, hyperparameters, tensor checks
-    arch/          one file per family (llama, qwen2) + the registry
+    (families: edgeslim.arch, shared with the converter)
     ops.py         RMSNorm, RoPE, GQA attention, SwiGLU in numpy float32
     kv_cache.py    preallocated fp16/fp32 KV cache
     backends/      registry; numpy (reference), numba (packed kernels), mlx

@@ -16,7 +16,7 @@ from ..errors import FormatError, UnsupportedError
 from ..gguf_file import GGUFFile
 from ..tables import (AFFINE_BIASES_SUFFIX, AFFINE_SCALES_SUFFIX, GGMLType, Keys, TensorNames,
                       affine_name)
-from .arch import Architecture, get_architecture
+from ..arch import Family, family_for_gguf
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class WeightSource:
 class ModelFile:
     """A mapped GGUF model: `gguf`, `hp`, `arch`, and accessors for its tensors."""
 
-    def __init__(self, gguf: GGUFFile, hp: HParams, arch: Architecture):
+    def __init__(self, gguf: GGUFFile, hp: HParams, arch: Family):
         self.gguf, self.hp, self.arch = gguf, hp, arch
         self.path = gguf.path
 
@@ -127,7 +127,7 @@ def open_model(path) -> ModelFile:
     gguf = GGUFFile(path)
     if not gguf.arch:
         raise FormatError(f"{gguf.path}: no {Keys.ARCH} in the metadata; this is not a model file (vocab-only?)")
-    arch = get_architecture(gguf.arch, gguf.path)
+    arch = family_for_gguf(gguf.arch, gguf.path)
     if TensorNames.TOKEN_EMBD not in gguf.tensors:
         _missing(gguf, TensorNames.TOKEN_EMBD)
     hp = read_hparams(gguf)

@@ -13,3 +13,11 @@ case "$(uname -s)-$(uname -m)" in
   Linux-*) "$PY" -c "import mlx.core" 2>/dev/null || pip_install "mlx[cpu]" || echo "note: mlx[cpu] not installed; MLX tests will skip" >&2 ;;
 esac
 pip_install -e ".[$extras]"
+# Opt-in (CI sets it): llama-cpp-python from its source distribution, for the cross-checks
+# against llama.cpp (tests/*llamacpp*, tokenizer and logits checks). pip caches the wheel it
+# builds, so only a fresh machine pays the ~13-minute compile; without it those tests skip.
+if [ -n "${EDGESLIM_WITH_LLAMACPP:-}" ] && ! "$PY" -c "import llama_cpp" 2>/dev/null; then
+  CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DGGML_BLAS=OFF -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+    pip_install "llama-cpp-python==0.3.36" \
+    || echo "note: llama-cpp-python did not build; the llama.cpp cross-checks will skip" >&2
+fi

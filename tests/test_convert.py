@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 from edgeslim.cli import main as cli_main  # noqa: E402
 from edgeslim.convert.arch import arch_for_config  # noqa: E402
-from edgeslim.convert.arch.llama import llama3_rope_factors  # noqa: E402
+from edgeslim.arch.llama import llama3_rope_factors  # noqa: E402
 from edgeslim.convert.pipeline import convert  # noqa: E402
 from edgeslim.convert.vocab import load_vocab  # noqa: E402
 from edgeslim.quants import QTensor, dequantize, dequantize_raw, quantize  # noqa: E402

@@ -97,7 +97,7 @@ class NumbaBackend(CPUBackend):
 
     def _load_block(self, bid: int) -> dict:
         layer = super()._load_block(bid)
-        for fused, roles in ((QKV, ("attn_q", "attn_k", "attn_v")), (GATE_UP, ("ffn_gate", "ffn_up"))):
+        for fused, roles in self.model.arch.FUSED.items():  # the family says what stacks (QKV, GATE_UP)
             packed = kernels.concat_rows([layer[r] for r in roles])
             if packed is not None:  # same type: one matrix; the parts are dropped
                 layer[fused] = packed

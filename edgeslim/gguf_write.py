@@ -27,7 +27,8 @@ import gguf
 import numpy as np
 
 from .errors import InputError
-from .tables import AFFINE_BIASES_SUFFIX, AFFINE_SCALES_SUFFIX, GGMLType, Keys, parse_affine, quant_info
+from .tables import (AFFINE_BIASES_SUFFIX, AFFINE_SCALES_SUFFIX, SPARSE_INDEX_SUFFIX, GGMLType, Keys, parse_affine,
+                     quant_info, sparse_info)
 
 _PAD = " "
 
@@ -58,9 +59,16 @@ class GGUFOut:
 
     def plan(self, name: str, shape: tuple[int, int] | tuple[int], qtype: str) -> None:
         """Declare a tensor (numpy-order shape) and its storage type before `begin()`."""
+        rows, cols = (1, shape[0]) if len(shape) == 1 else shape
+        sp = sparse_info(qtype)
+        if sp:  # kept values in their type, then the position index (tables.py, quants/sparse.py)
+            kept, ib = sp.kept(cols), sp.index_row_bytes(cols)
+            self._info(name, (rows, kept), GGMLType[sp.value], quant_info(sp.value).nbytes(rows * kept))
+            self._info(name + SPARSE_INDEX_SUFFIX, (rows, ib), GGMLType.I8, rows * ib)
+            self.writer.add_array(Keys.SPARSE.format(name=name), [sp.pattern.id, int(cols)])
+            return
         info = quant_info(qtype)
         aff = parse_affine(qtype)
-        rows, cols = (1, shape[0]) if len(shape) == 1 else shape
         if aff:
             bits, group = aff
             self._info(name, (rows, cols * bits // 32), GGMLType.I32, rows * cols * bits // 8)

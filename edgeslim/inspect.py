@@ -3,7 +3,9 @@
 Every tensor's name, shape, type, bits per weight and bytes, the totals, and the
 edgeslim metadata (the conversion report pretty-printed). An affine tensor (three
 GGUF tensors: packed codes, `.scales`, `.biases`) is shown as one logical
-tensor of type AFFINE{bits}_G{group}. Reads with the mmap reader only: no torch.
+tensor of type AFFINE{bits}_G{group}, a sparse one (kept values + `.sparse_index`)
+as one tensor of type VALUE@2:4 / VALUE@4:8 / VALUE@50%, with a line saying that
+llama.cpp cannot run those. Reads with the mmap reader only: no torch.
 
 For an edgeslim file the table also shows, from `edgeslim.report`, each
 tensor's measured relative RMS error (`rel_rms%`) and, when the types were
@@ -23,10 +25,11 @@ import sys
 from dataclasses import asdict, dataclass
 
 from .gguf_file import GGUFFile
-from .tables import AFFINE_BIASES_SUFFIX, AFFINE_SCALES_SUFFIX, Keys, affine_name
+from .tables import AFFINE_BIASES_SUFFIX, AFFINE_SCALES_SUFFIX, SPARSE_INDEX_SUFFIX, Keys, affine_name, \
+    stored_sparse_name
 from .targets import gib
 
-_JSON_KEYS = (Keys.ES_REPORT, Keys.ES_CHOICES)
+_JSON_KEYS = (Keys.ES_REPORT, Keys.ES_CHOICES, Keys.ES_PRUNE)
 
 
 @dataclass
@@ -56,8 +59,15 @@ def tensor_rows(f: GGUFFile) -> list[Row]:
     for t in f.tensors.values():
         if t.name.endswith((AFFINE_SCALES_SUFFIX, AFFINE_BIASES_SUFFIX)) and _affine(f, _base(t.name)):
             continue
+        if t.name.endswith(SPARSE_INDEX_SUFFIX) and _sparse(f, t.name[: -len(SPARSE_INDEX_SUFFIX)]):
+            continue
         aff = _affine(f, t.name)
-        if aff:
+        sp = _sparse(f, t.name)
+        if sp:
+            index = f.tensors.get(t.name + SPARSE_INDEX_SUFFIX)
+            rows.append(Row(t.name, (t.shape[0], int(f.kv[Keys.SPARSE.format(name=t.name)][1])), sp,
+                            t.nbytes + (index.nbytes if index is not None else 0)))
+        elif aff:
             bits, group = aff
             r, packed = t.shape[0], t.shape[-1]
             extra = sum(f.tensors[t.name + s].nbytes for s in (AFFINE_SCALES_SUFFIX, AFFINE_BIASES_SUFFIX)
@@ -80,12 +90,21 @@ def _affine(f: GGUFFile, name: str) -> tuple[int, int] | None:
     return (int(v[0]), int(v[1])) if v is not None and len(v) == 2 else None
 
 
+def _sparse(f: GGUFFile, name: str) -> str | None:
+    """The sparse type name of a stored tensor ("Q4_K@2:4"), None when it is not sparse."""
+    record = f.kv.get(Keys.SPARSE.format(name=name))
+    t = f.tensors.get(name)
+    if record is None or t is None:
+        return None
+    return stored_sparse_name(t.type_name, record, int(t.shape[-1]))
+
+
 def edgeslim_metadata(f: GGUFFile) -> dict:
-    """edgeslim.* keys (except per-tensor affine records), JSON values parsed."""
+    """edgeslim.* keys (except per-tensor affine and sparse records), JSON values parsed."""
     out = {}
-    affine_prefix = Keys.AFFINE.split("{")[0]
+    prefixes = (Keys.AFFINE.split("{")[0], Keys.SPARSE.split("{")[0])
     for key, value in f.kv.items():
-        if not key.startswith("edgeslim.") or key.startswith(affine_prefix):
+        if not key.startswith("edgeslim.") or key.startswith(prefixes):
             continue
         if key in _JSON_KEYS and isinstance(value, str):
             try:
@@ -124,6 +143,10 @@ def inspect_file(path: str, verify: bool = False) -> dict:
         "total": {"tensors": len(rows), "elements": n, "bytes": nbytes, "bpw": round(8.0 * nbytes / n, 4) if n else 0},
         "edgeslim": edgeslim_metadata(f),
     }
+    sparse = sorted({r.type for r in rows if "@" in r.type})
+    if sparse:
+        info["llama_cpp"] = (f"llama.cpp cannot read this file: {sum('@' in r.type for r in rows)} tensors use "
+                             f"edgeslim's sparse types ({', '.join(sparse)}); run it with edgeslim")
     if verify:
         info["checksum_ok"] = verify_checksum(f)
     _add_report_columns(info)
@@ -192,6 +215,8 @@ def format_text(info: dict) -> str:
                      + (f" {_pct(t.get('predicted_rel_rms')):>8}" if pred else "")
                      + (f" {_pct(t.get('rel_out')):>8}" if out else ""))
     tot = info["total"]
+    if "llama_cpp" in info:
+        lines.append(f"note: {info['llama_cpp']}")
     lines.append(f"total: {tot['tensors']} tensors, {tot['elements']:,} weights, {tot['bytes']:,} bytes "
                  f"({tot['bytes'] / 2**20:.1f} MiB), {tot['bpw']:.3f} bits per weight")
     if "checksum_ok" in info:

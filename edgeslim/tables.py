@@ -6,6 +6,7 @@ family (MLX's layout) is ours and is named AFFINE{bits}_G{group}.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from enum import IntEnum
@@ -194,6 +195,119 @@ def quant_info(name: str) -> QuantInfo:
 
 
 # ---------------------------------------------------------------------------
+# Sparse family (edgeslim only): pruned matrices whose kept weights are stored
+# in a ggml block type, plus a position index. Named "{value}@{n}:{m}" (N:M:
+# n kept in every m consecutive columns) or "{value}@{s}%" (unstructured,
+# s percent of each row pruned), e.g. "Q4_K@2:4", "Q8_0@50%". Stored in GGUF
+# as two legal tensors (bit drawing in edgeslim/quants/sparse.py):
+#   NAME                  the value type  (rows, kept)   kept values of each row, in column order
+#   NAME.sparse_index     I8              (rows, index bytes per row)
+# plus the key SPARSE_KEY.format(name=NAME) = [pattern id, cols]. llama.cpp
+# cannot run them (NAME's shape is not the matrix's).
+# ---------------------------------------------------------------------------
+SPARSE_INDEX_SUFFIX = ".sparse_index"
+
+
+@dataclass(frozen=True)
+class SparsePattern:
+    """One sparsity pattern: n kept of every m columns (m == 0: any positions, a bitmap), the
+    index bits per group of m (per column for the bitmap) and its id (outside ggml's type ids)."""
+
+    name: str
+    n: int
+    m: int
+    index: str  # "comb3" (3 combination codes per byte), "comb7" (7-bit codes), "bitmap"
+    id: int
+
+
+SPARSE_PATTERNS = {
+    "2:4": SparsePattern("2:4", 2, 4, "comb3", 0x101),
+    "4:8": SparsePattern("4:8", 4, 8, "comb7", 0x102),
+    "unstructured": SparsePattern("unstructured", 0, 0, "bitmap", 0x103),
+}
+_SPARSE_RE = re.compile(r"^([A-Z0-9_]+)@(?:(\d+):(\d+)|(\d+)%)$")
+
+
+@dataclass(frozen=True)
+class SparseInfo:
+    """Geometry of a sparse type: `value` type, `pattern`, and for unstructured the pruned percent."""
+
+    name: str
+    value: str
+    pattern: SparsePattern
+    percent: int = 0  # unstructured only
+
+    @property
+    def type_id(self) -> int:
+        """pattern id << 8 | the value type's ggml id: never a ggml type id."""
+        return self.pattern.id << 8 | int(GGMLType[self.value])
+
+    def kept(self, cols: int) -> int:
+        """Kept weights per row of `cols`: n/m of them, or (100 - percent)% rounded to whole value blocks."""
+        if self.pattern.m:
+            return cols * self.pattern.n // self.pattern.m
+        block = quant_info(self.value).block
+        return math.floor((100 - self.percent) * cols / 100 / block + 0.5) * block
+
+    def fits(self, cols: int) -> bool:
+        """Whether a row of `cols` can take this type: whole groups and whole value blocks, and (unstructured)
+        something both kept and pruned once the kept count is rounded to whole blocks."""
+        kept = self.kept(cols)
+        return 0 < kept < cols and (not self.pattern.m or cols % self.pattern.m == 0) \
+            and kept % quant_info(self.value).block == 0
+
+    def index_row_bytes(self, cols: int) -> int:
+        """Bytes of one row's position index (sparse.py draws the layouts)."""
+        if self.pattern.index == "comb3":
+            return -(-(cols // 4) // 3)  # three 2:4 codes per byte
+        if self.pattern.index == "comb7":
+            return -(-(cols // 8) * 7 // 8)  # 7-bit codes, bit stream
+        return -(-cols // 8)  # bitmap
+
+    def nbytes(self, rows: int, cols: int) -> int:
+        return rows * (quant_info(self.value).nbytes(self.kept(cols)) + self.index_row_bytes(cols))
+
+
+def sparse_name(value: str, pattern: str, percent: int | None = None) -> str:
+    """"Q4_K", "2:4" -> "Q4_K@2:4"; "Q8_0", "unstructured", 50 -> "Q8_0@50%"."""
+    return f"{value}@{percent}%" if pattern == "unstructured" else f"{value}@{pattern}"
+
+
+def sparse_info(name: str) -> SparseInfo | None:
+    """The SparseInfo of a sparse type name, None for any other name; ValueError for a malformed one."""
+    m = _SPARSE_RE.match(name.upper()) if "@" in name else None
+    if m is None:
+        if "@" in name:
+            raise ValueError(f"unknown sparse type {name!r}: write VALUE@2:4, VALUE@4:8 or VALUE@50%")
+        return None
+    value, n, mm, pct = m.groups()
+    if value not in GGML_WRITABLE:
+        raise ValueError(f"sparse type {name!r}: the kept values must be one of {', '.join(GGML_WRITABLE)}")
+    if pct is not None:
+        if not 0 < int(pct) < 100:
+            raise ValueError(f"sparse type {name!r}: the pruned percent must be between 1 and 99")
+        return SparseInfo(f"{value}@{int(pct)}%", value, SPARSE_PATTERNS["unstructured"], int(pct))
+    pattern = SPARSE_PATTERNS.get(f"{int(n)}:{int(mm)}")
+    if pattern is None:
+        raise ValueError(f"sparse type {name!r}: the N:M patterns are {', '.join(k for k in SPARSE_PATTERNS if ':' in k)}")
+    return SparseInfo(f"{value}@{pattern.name}", value, pattern)
+
+
+def sparse_pattern_by_id(pid: int) -> SparsePattern | None:
+    return next((p for p in SPARSE_PATTERNS.values() if p.id == pid), None)
+
+
+def stored_sparse_name(value: str, record, kept: int) -> str | None:
+    """The sparse type of a stored tensor: its values' type, its SPARSE key's [pattern id, cols] and
+    the kept weights per row (its stored row length); None when the record is malformed."""
+    pattern = sparse_pattern_by_id(int(record[0])) if record is not None and len(record) == 2 else None
+    cols = int(record[1]) if pattern is not None else 0
+    if pattern is None or not 0 < kept <= cols:
+        return None
+    return sparse_name(value, pattern.name, 0 if pattern.m else round(100 * (1 - kept / cols)))
+
+
+# ---------------------------------------------------------------------------
 # GGUF metadata keys (llama.cpp's standard ones, then ours under edgeslim.*).
 # ---------------------------------------------------------------------------
 class Keys:
@@ -246,6 +360,8 @@ class Keys:
     ES_REPORT = "edgeslim.report"  # JSON: fit / quality report
     ES_CHECKSUM = "edgeslim.checksum"  # sha256 over tensor data, hex
     AFFINE = "edgeslim.affine.{name}"  # [bits, group] for an affine tensor
+    SPARSE = "edgeslim.sparse.{name}"  # [pattern id, cols] for a sparse tensor
+    ES_PRUNE = "edgeslim.prune"  # JSON: what was pruned (method, pattern, sparsity, per tensor)
 
 
 # llama.cpp token types (tokenizer.ggml.token_type)

@@ -14,8 +14,8 @@ import numpy as np
 
 from ..errors import FormatError, UnsupportedError
 from ..gguf_file import GGUFFile
-from ..tables import (AFFINE_BIASES_SUFFIX, AFFINE_SCALES_SUFFIX, GGMLType, Keys, TensorNames,
-                      affine_name)
+from ..tables import (AFFINE_BIASES_SUFFIX, AFFINE_SCALES_SUFFIX, SPARSE_INDEX_SUFFIX, GGMLType, Keys,
+                      TensorNames, affine_name, stored_sparse_name)
 from ..arch import Family, family_for_gguf
 
 
@@ -49,7 +49,9 @@ class WeightSource:
 
     `qtype` is a ggml type name ("F32", "Q4_K", ...) or an affine name
     ("AFFINE4_G64"); for affine weights `data` holds the packed codes and
-    `scales`/`biases` the F16 per-group tensors.
+    `scales`/`biases` the F16 per-group tensors. A sparse weight ("Q4_K@2:4",
+    edgeslim/quants/sparse.py) has its kept values in `data` and its position
+    index in `index`.
     """
 
     name: str
@@ -58,6 +60,7 @@ class WeightSource:
     data: np.ndarray  # uint8 view
     scales: np.ndarray | None = None  # (rows, cols // group) float16, affine only
     biases: np.ndarray | None = None
+    index: np.ndarray | None = None  # (rows, bytes) uint8, sparse only
 
 
 class ModelFile:
@@ -89,9 +92,23 @@ class ModelFile:
         bits, group = (int(v) for v in spec)
         return bits, group
 
+    def sparse_type(self, name: str) -> str | None:
+        """The sparse type name ("Q4_K@2:4", "Q8_0@50%") when `name` is stored sparse, else None."""
+        spec = self.gguf.kv.get(Keys.SPARSE.format(name=name))
+        if spec is None:
+            return None
+        t = self.gguf.tensors[name]
+        sp = stored_sparse_name(t.type_name, spec, int(t.shape[-1]))
+        if sp is None or len(t.shape) != 2 or name + SPARSE_INDEX_SUFFIX not in self.gguf.tensors:
+            raise FormatError(f"{self.path}: {name} has a malformed sparse record {list(spec)}; re-convert the model")
+        return sp
+
     def logical_shape(self, name: str) -> tuple[int, ...]:
-        """The float shape of a tensor (affine codes are unpacked: cols * 32 / bits)."""
+        """The float shape of a tensor (affine codes are unpacked: cols * 32 / bits; sparse: the stored cols)."""
         shape = self.gguf.tensors[name].shape
+        spec = self.gguf.kv.get(Keys.SPARSE.format(name=name))
+        if spec is not None:
+            return shape[0], int(spec[1])
         aff = self.affine_spec(name)
         if aff:
             return shape[0], shape[1] * 32 // aff[0]
@@ -100,6 +117,10 @@ class ModelFile:
     def weight(self, name: str) -> WeightSource:
         """A 2-D weight as stored (no dequantization)."""
         t = self.gguf.tensors[name]
+        sp = self.sparse_type(name)
+        if sp:
+            return WeightSource(name, sp, self.logical_shape(name), self.gguf.data(name),
+                                index=self.gguf.array(name + SPARSE_INDEX_SUFFIX).view(np.uint8))
         aff = self.affine_spec(name)
         if aff:
             bits, group = aff

@@ -22,6 +22,10 @@ def dequantize_source(src: WeightSource) -> np.ndarray:
     rows, cols = src.shape
     if src.qtype == "F32":
         return src.data.view(np.float32).reshape(rows, cols)
+    if src.index is not None:  # sparse (edgeslim/quants/sparse.py): kept values scattered, zeros elsewhere
+        from ...quants.sparse import dequantize_raw as sparse_raw
+
+        return sparse_raw(src.data, src.index, src.qtype, (rows, cols))
     aff = parse_affine(src.qtype)
     if aff:
         codes = src.data.view(np.uint32).reshape(rows, -1)

@@ -85,7 +85,8 @@ class NumbaBackend(CPUBackend):
 
     def prepare(self, src: WeightSource):
         try:
-            return kernels.prepare(src.qtype, src.data, src.shape, scales=src.scales, biases=src.biases)
+            return kernels.prepare(src.qtype, src.data, src.shape, scales=src.scales, biases=src.biases,
+                                   index=src.index)
         except UnsupportedError:
             # a type with no kernel (llama.cpp's Q4_0, Q5_1, ...): run it as F32, once per type warned
             if src.qtype not in self.fallback_types:

@@ -75,9 +75,9 @@ from dataclasses import dataclass
 
 from edgeslim.errors import FitError, InputError
 from edgeslim.targets import DEFAULT_CTX, OVERHEAD_BYTES, get_target, gib, kv_cache_bytes
-from edgeslim.tables import quant_info
+from edgeslim.tables import quant_info, sparse_info
 
-from .analyze import TensorAnalysis, effective_types, family_types, type_bytes
+from .analyze import TensorAnalysis, effective_types, family_types, tensor_bytes, types_for
 
 SIGNALS = ("erank", "sensitivity", "uniform", "hybrid")
 # The default, chosen by measurement (scripts/bench_quality.py on the reference model,
@@ -163,7 +163,12 @@ def budget_from_target(target: str, n_layers: int, n_kv_heads: int, head_dim: in
 # costs
 # ---------------------------------------------------------------------------
 def nominal_rel_error(qtype: str) -> float:
-    """Relative squared error model 4^-bpw (uniform quantizer: 6 dB per bit), for unmeasured types."""
+    """Relative squared error model 4^-bpw (uniform quantizer: 6 dB per bit), for unmeasured types;
+    a sparse type adds its pruned fraction (as if the pruned weights were average ones)."""
+    sp = sparse_info(qtype)
+    if sp:
+        kept = 1.0 - sp.percent / 100 if not sp.pattern.m else sp.pattern.n / sp.pattern.m
+        return (1.0 - kept) + kept * nominal_rel_error(sp.value)
     return 4.0 ** (-quant_info(qtype).bpw)
 
 
@@ -177,7 +182,7 @@ def tensor_costs(analyses: list[TensorAnalysis], signal: str, types) -> list[dic
             raise InputError(f"the {signal} signal needs measured errors but {missing[0]} has none: "
                              "analyze with measure=True or use --allocate erank")
     if signal == "erank":
-        return [_erank_costs(a, types) for a in analyses]
+        return [_erank_costs(a, types_for(types, a.name)) for a in analyses]
     w = _weighted_errors(analyses, types)
     if signal == "hybrid":
         fracs = [a.stats["erank_fraction"] for a in analyses]
@@ -206,7 +211,7 @@ def _weighted_errors(analyses: list[TensorAnalysis], types) -> list[dict[str, fl
     for a in analyses:
         errs, k = (a.wsse, 1.0) if a.weighted or not acts else (a.sse, scale)
         row = {}
-        for t in effective_types(types, a.shape[1]):
+        for t in effective_types(types_for(types, a.name), a.shape[1]):
             if t not in errs:
                 raise InputError(f"{a.name}: the error of {t} was not measured; analyze with the same types "
                                  "as the allocation (family_types of the chosen family)")
@@ -217,7 +222,7 @@ def _weighted_errors(analyses: list[TensorAnalysis], types) -> list[dict[str, fl
 
 def tensor_options(a: TensorAnalysis, costs: dict[str, float]) -> list[Option]:
     """(type, bytes, cost) per effective type, sorted by bytes."""
-    return sorted((Option(t, type_bytes(t, a.numel), float(c)) for t, c in costs.items()),
+    return sorted((Option(t, tensor_bytes(t, a.shape), float(c)) for t, c in costs.items()),
                   key=lambda o: (o.bytes, o.cost))
 
 
@@ -329,18 +334,20 @@ def exact_allocate(options: dict[str, list[Option]], budget: int) -> dict[str, O
 
 def uniform_allocate(options: dict[str, list[Option]], analyses: list[TensorAnalysis], types,
                      budget: int) -> tuple[str, dict[str, Option]]:
-    """The best single type of the ladder (block fallbacks applied per tensor) whose total fits."""
+    """The best single step of the ladder (block fallbacks applied per tensor) whose total fits; with
+    per-tensor ladders ({name: ladder}, e.g. pruned tensors' sparse types) the same step of each."""
     _check_fit(options, budget)
     by_name = {a.name: a for a in analyses}
-    for t in reversed(list(types)):
+    ladder = [(sparse_info(t).value if sparse_info(t) else t) for t in types_for(types, analyses[0].name)]
+    for k in reversed(range(len(ladder))):
         chosen = {}
         for n, opts in options.items():
-            eff = effective_types([t], by_name[n].shape[1])[0]
+            eff = effective_types([types_for(types, n)[k]], by_name[n].shape[1])[0]
             chosen[n] = next(o for o in opts if o.type == eff)
         if sum(o.bytes for o in chosen.values()) <= budget:
-            return t, chosen
-    raise FitError(f"no single type of {', '.join(types)} fits {gib(budget)} ({budget:,} bytes): even "
-                   f"{types[0]} needs {gib(sum(o.bytes for o in chosen.values()))}; "
+            return ladder[k], chosen
+    raise FitError(f"no single type of {', '.join(ladder)} fits {gib(budget)} ({budget:,} bytes): even "
+                   f"{ladder[0]} needs {gib(sum(o.bytes for o in chosen.values()))}; "
                    "raise the budget or use --allocate sensitivity")
 
 
@@ -396,9 +403,12 @@ def allocate(analyses: list[TensorAnalysis], budget_bytes: int, signal: str = DE
              group: int = 64, top_f16: bool = True, types=None) -> Allocation:
     """A type per tensor minimizing the signal's total cost with total bytes <= budget_bytes.
 
-    `types` (smallest first) overrides the family's ladder family_types(family, group, top_f16).
+    `types` (smallest first) overrides the family's ladder family_types(family, group, top_f16); a dict
+    {tensor: ladder} gives each tensor its own (pruned tensors: sparse types).
     """
-    types = tuple(types) if types is not None else family_types(family, group, top_f16)
+    if types is None:
+        types = family_types(family, group, top_f16)
+    types = dict(types) if isinstance(types, dict) else tuple(types)
     if not analyses:
         return Allocation(signal, family, int(budget_bytes), {}, {})
     names = [a.name for a in analyses]

@@ -50,7 +50,8 @@ import numpy as np
 
 from edgeslim.errors import InputError
 from edgeslim.quants import dequantize, fallback_type, quantize
-from edgeslim.tables import AFFINE_BITS, affine_name, quant_info
+from edgeslim.quants.sparse import sparse_fallback
+from edgeslim.tables import AFFINE_BITS, affine_name, quant_info, sparse_info
 
 OUTLIER_SIGMAS = 3.0
 EXACT_SVD_DIM = 512  # min(rows, cols) up to which np.linalg.svd is used directly
@@ -78,13 +79,21 @@ def family_types(family: str, group: int = 64, top_f16: bool = True) -> tuple[st
 
 
 def effective_types(types, cols: int) -> list[str]:
-    """The types a matrix of `cols` columns really gets (block fallbacks applied), deduplicated."""
+    """The types a matrix of `cols` columns really gets (block fallbacks applied), deduplicated.
+    A sparse type ("Q4_K@2:4") falls back in its value type, or to the value type's dense
+    fallback when the pattern cannot cut the row (quants.sparse.sparse_fallback)."""
     out: list[str] = []
     for t in types:
-        e = fallback_type(t, cols)
+        sp = sparse_info(t)
+        e = fallback_type(t, cols) if sp is None else (sparse_fallback(t, cols) or fallback_type(sp.value, cols))
         if e not in out:
             out.append(e)
     return out
+
+
+def types_for(types, name: str) -> tuple[str, ...]:
+    """The candidate types of tensor `name`: `types` is one ladder for all, or {name: ladder}."""
+    return tuple(types[name]) if isinstance(types, dict) else tuple(types)
 
 
 # ---------------------------------------------------------------------------
@@ -206,11 +215,14 @@ def sample_rows(rows: int, cols: int, max_weights: int | None = ERR_MAX_WEIGHTS,
 
 
 def measure_errors(w: np.ndarray, types, importance: np.ndarray | None = None,
-                   max_weights: int | None = ERR_MAX_WEIGHTS, seed: int = 0) -> dict[str, tuple[float, float]]:
+                   max_weights: int | None = ERR_MAX_WEIGHTS, seed: int = 0,
+                   prune_method: str = "wanda") -> dict[str, tuple[float, float]]:
     """{type actually used: (plain squared error, importance-weighted squared error)} for the whole tensor.
 
     Types whose block does not divide cols are replaced by `quants.fallback_type`
-    (so the keys may differ from `types`); duplicates are measured once.
+    (so the keys may differ from `types`); duplicates are measured once. A sparse type is
+    pruned by `prune_method`'s mask first (convert/prune.py; SparseGPT's is estimated by Wanda's),
+    its error counting the pruned weights.
     """
     w = _as_matrix(w)
     rows, cols = w.shape
@@ -220,11 +232,22 @@ def measure_errors(w: np.ndarray, types, importance: np.ndarray | None = None,
     scale = 1.0 if idx is None else rows / len(idx)
     out = {}
     for t in effective_types(types, cols):
-        d = dequantize(quantize(ws, t, imp))
+        d = _reconstruct(ws, t, imp, prune_method)
         col_err = _col_energy(d - ws)  # (cols,) sum_i (w_ij - q_ij)^2
         plain = float(col_err.sum()) * scale
         out[t] = (plain, float(col_err @ imp) * scale if imp is not None else plain)
     return out
+
+
+def _reconstruct(ws: np.ndarray, t: str, imp, prune_method: str) -> np.ndarray:
+    """ws (rows, cols) stored in type t and decoded (a sparse type: pruned, then its kept weights)."""
+    if sparse_info(t) is None:
+        return dequantize(quantize(ws, t, imp))
+    from edgeslim.quants import sparse
+
+    from .prune import select_mask
+
+    return sparse.dequantize(sparse.compress(ws, select_mask(ws, t, prune_method, imp), t, imp))
 
 
 def type_errors(w: np.ndarray, types, importance: np.ndarray | None = None,
@@ -263,13 +286,14 @@ class TensorAnalysis:
 
 def analyze_tensor(name: str, w: np.ndarray, types, importance: np.ndarray | None = None,
                    measure: bool = True, max_weights: int | None = ERR_MAX_WEIGHTS,
-                   max_dim: int | None = ERANK_MAX_DIM) -> TensorAnalysis:
-    """Stats and (if `measure`) per-type errors of one matrix; `types` is e.g. family_types("ggml")."""
+                   max_dim: int | None = ERANK_MAX_DIM, prune_method: str = "wanda") -> TensorAnalysis:
+    """Stats and (if `measure`) per-type errors of one matrix; `types` is e.g. family_types("ggml"), or
+    {name: ladder} (types_for)."""
     w = _as_matrix(w)
     stats = tensor_stats(w, importance, max_dim)
     res = TensorAnalysis(name, (int(w.shape[0]), int(w.shape[1])), stats, weighted=importance is not None)
     if measure:
-        errs = measure_errors(w, types, importance, max_weights)
+        errs = measure_errors(w, types_for(types, name), importance, max_weights, prune_method=prune_method)
         res.sse = {t: e[0] for t, e in errs.items()}
         res.wsse = {t: e[1] for t, e in errs.items()}
     return res
@@ -306,3 +330,11 @@ def _col_energy(w: np.ndarray) -> np.ndarray:
 def type_bytes(qtype: str, numel: int) -> int:
     """Bytes a tensor of `numel` weights takes in `qtype` (affine: codes + scales + biases)."""
     return quant_info(qtype).nbytes(numel)
+
+
+def tensor_bytes(qtype: str, shape: tuple[int, int]) -> int:
+    """Bytes a (rows, cols) matrix takes in `qtype`, sparse types included (values + index)."""
+    sp = sparse_info(qtype)
+    if sp:
+        return sp.nbytes(int(shape[0]), int(shape[1]))
+    return type_bytes(qtype, int(shape[0]) * int(shape[1]))

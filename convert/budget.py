@@ -32,7 +32,7 @@ from edgeslim.errors import FitError, InputError
 from edgeslim.targets import Fit, Target, gib, kv_cache_bytes
 
 from .allocate import allocate, budget_from_bpw, budget_from_size, budget_from_target, parse_size
-from .analyze import TensorAnalysis, effective_types, type_bytes
+from .analyze import TensorAnalysis, effective_types, tensor_bytes, types_for
 from .header import ALIGNMENT, header_bytes
 from .model import SourceModel, TensorSpec
 from .plan import Planned, PlanResult, planned_bytes
@@ -62,8 +62,10 @@ def matrices(model: SourceModel) -> tuple[list[TensorSpec], int]:
 
 
 def min_bytes(mats: list[TensorSpec], types) -> int:
-    """Bytes of every matrix at its smallest candidate type (block fallbacks applied)."""
-    return sum(min(type_bytes(t, s.n_elements) for t in effective_types(types, int(s.shape[1]))) for s in mats)
+    """Bytes of every matrix at its smallest candidate type (block fallbacks applied; `types`: one
+    ladder or {name: ladder})."""
+    return sum(min(tensor_bytes(t, s.shape) for t in effective_types(types_for(types, s.name), int(s.shape[1])))
+               for s in mats)
 
 
 def report_bound(mats: list[TensorSpec]) -> int:
@@ -71,14 +73,29 @@ def report_bound(mats: list[TensorSpec]) -> int:
     return 8192 + sum(3 * len(s.name.encode()) + 360 for s in mats)
 
 
+def candidate_types(mats: list[TensorSpec], types: tuple, pruning) -> tuple | dict:
+    """The allocation's candidates: the family ladder for every matrix, or with pruning {name: ladder}
+    where the prunable matrices get each ladder type as the values of their sparse type (with
+    `pruning.choice`: those as well as the dense types, the knapsack decides per matrix)."""
+    if pruning is None:
+        return types
+    out = {}
+    for s in mats:
+        sparse = tuple(pruning.sparse_type(t, s.name) for t in types) if pruning.applies(s.name, s.shape) else ()
+        out[s.name] = (types + sparse if pruning.choice else sparse) or types
+    return out
+
+
 def make_budget(model: SourceModel, mats: list[TensorSpec], fixed: int, types, family: str, kind: str, value,
-                tgt: Target | None, ctx: int) -> Budget:
-    """The byte budget for `kind`; FitError with the numbers when even the smallest types do not fit."""
+                tgt: Target | None, ctx: int, prune_json: str | None = None) -> Budget:
+    """The byte budget for `kind`; FitError with the numbers when even the smallest types do not fit.
+    prune_json: the `edgeslim.prune` key the header will hold (--size counts it)."""
     need = min_bytes(mats, types)
     n = sum(s.n_elements for s in mats)
+    smallest = types_for(types, mats[0].name)[0] if mats else "F32"  # for the messages
     if kind == "target":
         kv = kv_cache_bytes(model.n_layers, ctx, model.n_kv_heads, model.head_dim)
-        least = Fit(types[0], ctx, fixed + need, kv, tgt)
+        least = Fit(smallest, ctx, fixed + need, kv, tgt)
         if not least.fits:
             raise FitError(f"the model does not fit {tgt.name} even at the smallest {family} types: "
                            f"{least.short()}; choose a bigger target, a smaller --ctx or a smaller model")
@@ -88,32 +105,40 @@ def make_budget(model: SourceModel, mats: list[TensorSpec], fixed: int, types, f
         budget = budget_from_bpw(value, n)
         if need > budget:
             raise FitError(f"--bpw {value} gives {gib(budget)} ({budget:,} bytes) for {n:,} matrix weights but even "
-                           f"the smallest {family} types ({types[0]}) need {gib(need)} ({8 * need / n:.3f} bits per "
+                           f"the smallest {family} types ({smallest}) need {gib(need)} ({8 * need / n:.3f} bits per "
                            f"weight); give --bpw {math.ceil(800 * need / n) / 100} or more")
         return Budget(kind, float(value), budget)
     size = parse_size(value) if isinstance(value, str) else int(value)
     if size <= 0:
         raise InputError(f"--size must be positive, got {value!r}")
-    header = _header_bound(model, mats, family, types)
-    padding = (3 if family == "affine" else 1) * len(mats) * (ALIGNMENT - 1) + len(model.tensors) * (ALIGNMENT - 1)
+    header = _header_bound(model, mats, family, types, prune_json)
+    records = sum(3 if family == "affine" else 2 if any("@" in t for t in types_for(types, s.name)) else 1
+                  for s in mats)  # GGUF tensors per matrix: affine 3, sparse 2
+    padding = records * (ALIGNMENT - 1) + len(model.tensors) * (ALIGNMENT - 1)
     budget = budget_from_size(size, fixed, header + padding)
     if need > budget:
         raise FitError(f"--size {value} leaves {gib(budget)} ({budget:,} bytes) for the weight matrices "
                        f"(unquantized tensors {gib(fixed)}, header {gib(header + padding)}) but even the smallest "
-                       f"{family} types ({types[0]}) need {gib(need)}; give --size "
+                       f"{family} types ({smallest}) need {gib(need)}; give --size "
                        f"{math.ceil((size - budget + need) / 1e4) / 100} MB or more")
     return Budget(kind, value, budget)
 
 
-def _header_bound(model: SourceModel, mats: list[TensorSpec], family: str, types) -> int:
-    """Header bytes for any allocation: every matrix planned at the family's first type (affine:
-    three records each), the longest type name in the choices, the report at its bound."""
+def _header_bound(model: SourceModel, mats: list[TensorSpec], family: str, types, prune_json=None) -> int:
+    """Header bytes for any allocation: every matrix planned at its first candidate type (a sparse one
+    when it has one: two records and a key; affine: three records), the longest type name in the
+    choices, the report at its bound."""
     first = {s.name for s in mats}
-    plan = [Planned(s, types[0] if s.name in first else "F32") for s in model.tensors]
-    longest = max(types, key=len)
-    choices = json.dumps({p.spec.name: (longest if p.spec.name in first else "F32") for p in plan})
+    plan = [Planned(s, _widest(types_for(types, s.name)) if s.name in first else "F32") for s in model.tensors]
+    longest = {s.name: max(types_for(types, s.name), key=len) for s in mats}
+    choices = json.dumps({p.spec.name: longest.get(p.spec.name, "F32") for p in plan})
     fit = Fit("mixed", 1, 0, 0, None)
-    return header_bytes(model, plan, fit, family, report_bound(mats), choices) + HEADER_SLACK
+    return header_bytes(model, plan, fit, family, report_bound(mats), choices, prune_json) + HEADER_SLACK
+
+
+def _widest(cands: tuple[str, ...]) -> str:
+    """The candidate with the most header records: a sparse type (two tensors and a key), else the first."""
+    return next((t for t in cands if "@" in t), cands[0])
 
 
 def plan_to_budget(model: SourceModel, analyses: list[TensorAnalysis], budget: Budget, signal: str, family: str,

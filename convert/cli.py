@@ -1,6 +1,7 @@
 """`edgeslim convert SRC -o OUT.gguf [--quant TYPE | --target NAME | --bpw X | --size S] [--family ggml|affine]
 [--group 32|64] [--allocate erank|sensitivity|uniform|hybrid] [--calib FILE] [--calib-tokens N] [--no-calib]
-[--gptq | --no-gptq] [--ctx N] [--force]`."""
+[--gptq | --no-gptq] [--prune magnitude|wanda|sparsegpt [--sparsity S] [--pattern unstructured|2:4|4:8]
+[--owl [LAMBDA]] [--prune-choice]] [--ctx N] [--force]`."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,7 @@ from edgeslim.targets import DEFAULT_CTX, TARGETS
 
 from .allocate import SIGNALS
 from .calibrate import add_calib_args
+from .prune import METHODS, OWL_LAMBDA, PATTERNS
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +38,21 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
                         help="GPTQ rounding on calibration Hessians, one decoder layer at a time (HF folder + torch; "
                              "default: on with --target/--bpw/--size whenever calibration runs)")
+    parser.add_argument("--prune", choices=METHODS,
+                        help="prune the decoder blocks' matrices and store them in sparse types (edgeslim only: "
+                             "llama.cpp cannot read them): magnitude |w|, wanda |w|*||x|| (calibration), sparsegpt "
+                             "(mask and error compensation on the calibration Hessians, pruned with the quantization)")
+    parser.add_argument("--sparsity", type=float, metavar="S",
+                        help="fraction of each pruned matrix's weights to drop (default 0.5; fixed by an N:M --pattern)")
+    parser.add_argument("--pattern", choices=PATTERNS,
+                        help="where the pruned weights may be: unstructured (default: anywhere, the same count per row), "
+                             "2:4 or 4:8 (2 of every 4 / 4 of every 8 consecutive weights kept)")
+    parser.add_argument("--owl", type=float, nargs="?", const=OWL_LAMBDA, metavar="LAMBDA",
+                        help=f"per-layer sparsity (OWL): layers with more outliers pruned less, within +-LAMBDA "
+                             f"(default {OWL_LAMBDA}) of --sparsity; unstructured only")
+    parser.add_argument("--prune-choice", action="store_true",
+                        help="with --target/--bpw/--size: the allocator chooses per matrix between the dense types "
+                             "and the pruned ones by measured error per byte (default: every decoder matrix pruned)")
     parser.add_argument("--ctx", type=int, default=DEFAULT_CTX,
                         help=f"context length the KV cache must hold in the fit report (default {DEFAULT_CTX})")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
@@ -51,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--calib and --no-calib contradict each other; give one")
     convert(args.src, args.out, quant=args.quant, family=args.family, target=args.target, ctx=args.ctx,
             bpw=args.bpw, size=args.size, allocate=args.allocate, calib=calib, calib_tokens=args.calib_tokens,
-            gptq=args.gptq, group=args.group, force=args.force)
+            gptq=args.gptq, group=args.group, force=args.force, prune=args.prune, sparsity=args.sparsity,
+            pattern=args.pattern, owl=args.owl, prune_choice=args.prune_choice)
     return 0

@@ -1,7 +1,7 @@
 """The GPTQ transform: quantize each decoder layer inside a second calibration pass.
 
-    for c in gptq_stream(plan, cal, importance, n_layers):   # Converted, in plan order
-        ...                                                   # the write pass stores c.data
+    for c in gptq_stream(plan, cal, importance, n_layers, method):   # Converted, in plan order
+        ...                                                           # the write pass stores c.data
 
 Hessians are (cols, cols) per linear input: all of a 7B model's would be
 tens of GB, so they are never held together. `calibrate.layers(...,
@@ -27,6 +27,11 @@ its factor are dropped after the last tensor that reads that input: with a
 docs/benchmarks.md).
 Per GPTQ'd tensor the report gets the output error relative to the output,
 sqrt(tr(E H E^T) / tr(W H W^T)) on a row sample (rows are independent).
+
+A linear planned in a sparse type ("Q4_K@2:4") is pruned and quantized in the
+same place by the OBS pass of sparsegpt.py: with SparseGPT's own mask
+(`method` "sparsegpt") or the fixed magnitude / Wanda scores (prune.py), the
+pruned weights' error compensated like the rounding error.
 """
 from __future__ import annotations
 
@@ -34,13 +39,16 @@ from typing import Iterator
 
 import numpy as np
 
-from edgeslim.quants import dequantize
+from edgeslim.quants import dequantize, sparse
+from edgeslim.tables import sparse_info
 
 from .analyze import sample_rows
 from .gptq import gptq_quantize, prepare_hessian
 from .model import tensor_order
 from .plan import Planned
+from .prune import scores
 from .source import load_checked
+from .sparsegpt import sparse_obs
 from .transform import Converted, relative_rms, rtn_one
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -62,14 +70,16 @@ def output_rel_error(w: np.ndarray, d: np.ndarray, H: np.ndarray, max_weights: i
     return float(np.sqrt(num / den)) if den > 0 else 0.0
 
 
-def gptq_stream(plan: list[Planned], cal, importance: dict, n_layers: int) -> Iterator[Converted]:
+def gptq_stream(plan: list[Planned], cal, importance: dict, n_layers: int,
+                method: str = "sparsegpt") -> Iterator[Converted]:
     """`plan` quantized with GPTQ layer by layer (module doc), as Converted records in plan order.
 
     cal: measure.Calibration (folder, text, tokens); importance: {name: (cols,)} from the
-    first calibration pass, weighting the round-to-nearest tensors."""
+    first calibration pass, weighting the round-to-nearest tensors; method: how sparse types
+    choose their mask (prune.METHODS)."""
     from .calibrate import layers
 
-    todo = _Todo(plan)
+    todo = _Todo(plan, method)
     for stats in layers(cal.folder, cal.text, cal.n_tokens, want_hessian=True):
         if stats.index >= n_layers:  # the head: everything left, with this pass's importance
             yield from todo.rtn_until(None, {**importance, **stats.importance})
@@ -83,8 +93,8 @@ def gptq_stream(plan: list[Planned], cal, importance: dict, n_layers: int) -> It
 class _Todo:
     """The plan still to be transformed, in order."""
 
-    def __init__(self, plan: list[Planned]):
-        self.plan, self.pos = plan, 0
+    def __init__(self, plan: list[Planned], method: str):
+        self.plan, self.pos, self.method = plan, 0, method
 
     def _next_order(self):
         return tensor_order(self.plan[self.pos].spec.name) if self.pos < len(self.plan) else None
@@ -97,7 +107,7 @@ class _Todo:
         """Round-to-nearest the planned tensors whose file order is before `stop` (None: all that are left)."""
         while self.pos < len(self.plan) and (stop is None or self._next_order() < stop):
             p = self._take()
-            yield rtn_one(p, importance.get(p.spec.name))
+            yield rtn_one(p, importance.get(p.spec.name), self.method)
 
     def layer(self, stats, hessian: dict[str, np.ndarray], importance: dict) -> Iterator[Converted]:
         """Decoder layer stats.index (GPTQ where a Hessian exists), loading each GPTQ'd tensor's
@@ -120,9 +130,9 @@ class _Todo:
             p = self._take()
             H = hessian.pop(p.spec.name, None)
             if H is None or p.qtype in FLOAT_TYPES:
-                yield rtn_one(p, importance.get(p.spec.name))
+                yield rtn_one(p, importance.get(p.spec.name), self.method)
             else:
-                yield _gptq_one(p, H, prepared, stats.replace)
+                yield _gptq_one(p, H, prepared, stats.replace, self.method, importance.get(p.spec.name))
             if H is not None:
                 users[id(H)].discard(p.spec.name)
                 if not users[id(H)]:
@@ -130,14 +140,19 @@ class _Todo:
             del H
 
 
-def _gptq_one(p: Planned, H: np.ndarray, prepared: dict, replace) -> Converted:
-    """GPTQ one tensor against H (factored once per input in `prepared`), measure its errors,
-    and load its dequantized weights into the calibration layer."""
+def _gptq_one(p: Planned, H: np.ndarray, prepared: dict, replace, method: str, importance) -> Converted:
+    """GPTQ (a sparse type: the OBS pass of sparsegpt.py) one tensor against H (factored once per
+    input in `prepared`), measure its errors, and load its dequantized weights into the calibration layer."""
     w = load_checked(p.spec)
     if id(H) not in prepared:
         prepared[id(H)] = prepare_hessian(H)
-    q = gptq_quantize(w, prepared[id(H)], p.qtype)
-    d = dequantize(q)
+    if sparse_info(p.qtype):
+        fixed = None if method == "sparsegpt" else scores(w, method, importance)
+        q = sparse_obs(w, prepared[id(H)], p.qtype, score=fixed)
+        d = sparse.dequantize(q)
+    else:
+        q = gptq_quantize(w, prepared[id(H)], p.qtype)
+        d = dequantize(q)
     out = Converted(p, q, relative_rms(w, d), output_rel_error(w, d, H))
     del w
     replace(p.spec.name, d)

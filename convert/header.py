@@ -20,7 +20,7 @@ import gguf
 
 from edgeslim import __version__
 from edgeslim.gguf_write import GGUFOut
-from edgeslim.tables import FILE_TYPE, Keys, is_quantizable, parse_affine
+from edgeslim.tables import FILE_TYPE, Keys, is_quantizable, parse_affine, quant_info, sparse_info
 from edgeslim.targets import Fit
 
 from .model import SourceModel
@@ -45,8 +45,9 @@ def file_type(plan: list[Planned], label: str) -> int | None:
 
 
 def add_header(g: GGUFOut, model: SourceModel, plan: list[Planned], fit: Fit, family: str,
-               report_size: int, types_json: str | None = None) -> None:
-    """Reserve the report, write metadata, edgeslim keys and the tensor records of `plan`."""
+               report_size: int, types_json: str | None = None, prune_json: str | None = None) -> None:
+    """Reserve the report, write metadata, edgeslim keys (`edgeslim.prune` when pruned) and the
+    tensor records of `plan`."""
     g.reserve_string(Keys.ES_REPORT, report_size)
     w = g.writer
     model.write_metadata(w)
@@ -60,6 +61,8 @@ def add_header(g: GGUFOut, model: SourceModel, plan: list[Planned], fit: Fit, fa
         w.add_string(Keys.ES_TARGET, fit.target.name)
     w.add_string(Keys.ES_FAMILY, family)
     w.add_string(Keys.ES_CHOICES, types_json or json.dumps({p.spec.name: p.qtype for p in plan}))
+    if prune_json is not None:
+        w.add_string(Keys.ES_PRUNE, prune_json)
     for p in plan:
         g.plan(p.spec.name, p.spec.shape, p.qtype)
 
@@ -69,12 +72,12 @@ class _Measured(Exception):
 
 
 def header_bytes(model: SourceModel, plan: list[Planned], fit: Fit, family: str, report_size: int,
-                 types_json: str | None = None) -> int:
+                 types_json: str | None = None, prune_json: str | None = None) -> int:
     """Bytes before the tensor data (padding included) of the file `add_header` would start."""
     with tempfile.TemporaryDirectory(prefix="edgeslim-header-") as tmp:
         try:
             with GGUFOut(Path(tmp) / "h.gguf", arch=model.gguf_arch) as g:
-                add_header(g, model, plan, fit, family, report_size, types_json)
+                add_header(g, model, plan, fit, family, report_size, types_json, prune_json)
                 g.begin()
                 g.writer.fout[0].flush()
                 raise _Measured(g.tmp.stat().st_size)
@@ -83,11 +86,15 @@ def header_bytes(model: SourceModel, plan: list[Planned], fit: Fit, family: str,
 
 
 def file_size(header: int, plan: list[Planned]) -> int:
-    """Header plus every GGUF tensor padded to the alignment (an affine tensor is three)."""
+    """Header plus every GGUF tensor padded to the alignment (an affine tensor is three, a sparse one two)."""
     total = _pad(header)
     for p in plan:
         aff = parse_affine(p.qtype)
-        if aff:
+        sp = sparse_info(p.qtype)
+        if sp:
+            rows, cols = p.spec.shape
+            total += _pad(quant_info(sp.value).nbytes(rows * sp.kept(cols))) + _pad(rows * sp.index_row_bytes(cols))
+        elif aff:
             rows, cols = p.spec.shape
             total += _pad(rows * cols * aff[0] // 8) + 2 * _pad(rows * (cols // aff[1]) * 2)
         else:

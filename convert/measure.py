@@ -93,20 +93,22 @@ def _hf_folder(src: str) -> Path | None:
 
 
 def calibration_for(src: str, model: SourceModel, calib, n_tokens: int, signal: str | None,
-                    gptq: bool) -> Calibration | None:
+                    gptq: bool, prune: str | None = None) -> Calibration | None:
     """The calibration to run (module doc: the rule), or None. calib: a text file path,
-    None (automatic) or False (never); signal: the allocation signal (None: no allocation)."""
+    None (automatic) or False (never); signal: the allocation signal (None: no allocation);
+    prune: the pruning method (wanda and sparsegpt need calibration, as --gptq does)."""
+    needs = "--gptq" if gptq else f"--prune {prune}" if prune in ("wanda", "sparsegpt") else None
     if calib is False:
-        if gptq:
-            raise InputError("--gptq needs calibration data; drop --no-calib (or give --calib FILE)")
+        if needs:
+            raise InputError(f"{needs} needs calibration data; drop --no-calib (or give --calib FILE)")
         return None
-    asked = calib is not None or gptq
+    asked = calib is not None or needs is not None
     if not asked and signal not in AUTO_CALIB_SIGNALS:
         return None
     if n_tokens <= 0:
         raise InputError(f"--calib-tokens must be positive, got {n_tokens}")
     folder = _hf_folder(src)
-    flag = "--gptq" if gptq and calib is None else "--calib"
+    flag = needs if needs and calib is None else "--calib"
     if folder is None:
         if asked:
             raise InputError(f"{flag} runs the model with transformers, which needs the Hugging Face folder; "
@@ -124,29 +126,48 @@ def calibration_for(src: str, model: SourceModel, calib, n_tokens: int, signal: 
 
 
 def analyze_matrices(mats: list[TensorSpec], types, importance: dict, signal: str,
-                     progress: bool | None) -> list[TensorAnalysis]:
+                     progress: bool | None, prune_method: str = "wanda") -> list[TensorAnalysis]:
     """What the allocator needs per matrix: measured (analysis_pass), or only the shape for the
     uniform signal (one type for all: only byte sizes matter, nothing to measure)."""
     if signal == "uniform":
         return [TensorAnalysis(m.name, _matrix_shape(m), {}) for m in mats]
-    return analysis_pass(mats, types, importance, progress)
+    return analysis_pass(mats, types, importance, progress, prune_method)
 
 
-def analysis_pass(mats: list[TensorSpec], types, importance: dict, progress: bool | None) -> list[TensorAnalysis]:
-    """Measure each matrix alone (loaded, analyzed, freed): stats and per-type errors."""
+def analysis_pass(mats: list[TensorSpec], types, importance: dict, progress: bool | None,
+                  prune_method: str = "wanda") -> list[TensorAnalysis]:
+    """Measure each matrix alone (loaded, analyzed, freed): stats and per-type errors (`types`: one
+    ladder, or {name: ladder}; sparse types pruned by `prune_method`'s mask)."""
     bar = progress_bar(sum(s.n_elements for s in mats), progress, desc="analyze")
     out = []
     for s in mats:
         if bar is not None:
             bar.set_postfix_str(s.name, refresh=False)
         w = load_checked(s)
-        out.append(analyze_tensor(s.name, w, types, importance.get(s.name)))
+        out.append(analyze_tensor(s.name, w, types, importance.get(s.name), prune_method=prune_method))
         del w
         if bar is not None:
             bar.update(s.n_elements)
     if bar is not None:
         bar.close()
     return out
+
+
+def measure_owl(mats: list[TensorSpec], pruning, importance: dict) -> dict[int, float]:
+    """OWL's per-layer sparsity (prune.owl_sparsities) from each decoder layer's Wanda outlier ratio,
+    every prunable matrix loaded alone."""
+    from .prune import _BLOCK, outlier_ratio, owl_sparsities
+
+    counts: dict[int, list[int]] = {}
+    for s in mats:
+        if pruning.applies(s.name, s.shape):
+            w = load_checked(s)
+            n_out, n = outlier_ratio(w, importance.get(s.name))
+            del w
+            c = counts.setdefault(int(_BLOCK.match(s.name).group(1)), [0, 0])
+            c[0] += n_out
+            c[1] += n
+    return owl_sparsities({k: (v[0], v[1]) for k, v in counts.items()}, pruning.sparsity, pruning.owl)
 
 
 def _matrix_shape(s: TensorSpec) -> tuple[int, int]:

@@ -37,6 +37,7 @@ way; calibration and GPTQ hold one decoder layer (and its Hessians) at a time.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgeslim.errors import InputError
@@ -45,15 +46,17 @@ from edgeslim.targets import DEFAULT_CTX, Target, get_target
 
 from .allocate import DEFAULT_SIGNAL
 from .analyze import family_types
-from .budget import make_budget, matrices, plan_to_budget
+from .budget import candidate_types, make_budget, matrices, plan_to_budget
 from .gptq_pass import gptq_stream
-from .measure import Importance, analyze_matrices, calibration_for, calibration_record, measure_importance
+from .measure import (Importance, analyze_matrices, calibration_for, calibration_record, measure_importance,
+                      measure_owl)
 from .model import SourceModel
 from .plan import PlanResult, note_fallbacks, plan_uniform, resolve_quant
+from .prune import Pruning, make_pruning, note_sparse, prune_record
 from .report import build_report
 from .source import open_source
 from .transform import round_to_nearest
-from .write import write_gguf
+from .write import prune_key, write_gguf
 
 __all__ = ["convert", "open_source", "conversion_mode", "use_gptq", "BUDGETS"]
 
@@ -66,7 +69,9 @@ def convert(src: str, out: str | Path, quant: str | None = None, family: str | N
             target: str | None = None, ctx: int = DEFAULT_CTX, bpw: float | None = None,
             size: str | int | None = None, allocate: str | None = None, calib=None,
             calib_tokens: int = DEFAULT_CALIB_TOKENS, gptq: bool | None = None, group: int = 64,
-            force: bool = False, progress: bool | None = None) -> dict:
+            force: bool = False, progress: bool | None = None, prune: str | None = None,
+            sparsity: float | None = None, pattern: str | None = None, owl: float | None = None,
+            prune_choice: bool = False) -> dict:
     """Convert `src` to the GGUF file `out`; returns the report stored in `edgeslim.report`.
 
     quant: one type for every matrix (default F16 when no budget is given).
@@ -75,69 +80,112 @@ def convert(src: str, out: str | Path, quant: str | None = None, family: str | N
     the `allocate` signal (erank (default), sensitivity, uniform, hybrid) within
     `family` (ggml, affine with `group` 32 or 64). calib: a text file to calibrate on,
     None (automatic: see convert/measure.py), or False (never). gptq: GPTQ rounding
-    (needs an HF folder and torch): True, False, or None (automatic, `use_gptq`). FitError, before anything is written, when even the
-    smallest types do not fit.
+    (needs an HF folder and torch): True, False, or None (automatic, `use_gptq`).
+    prune: magnitude, wanda or sparsegpt (convert/prune.py, sparsegpt.py): the decoder
+    blocks' matrices are pruned to `sparsity` (default 0.5) in `pattern` (unstructured
+    (default), 2:4, 4:8) and stored in sparse types (edgeslim/quants/sparse.py); owl: OWL's
+    lambda for per-layer sparsity (unstructured); prune_choice (with a budget): the allocator
+    chooses per matrix between the dense types and the sparse ones by measured error per byte.
+    FitError, before anything is written, when even the smallest types do not fit.
     """
     out = _check_output(out, force)
     if ctx <= 0:
         raise InputError(f"--ctx must be a positive number of tokens, got {ctx}")
     mode = conversion_mode(quant, target, bpw, size, allocate, group, gptq)
-    tgt = get_target(target) if target else None
     qtype, family = resolve_quant(quant, family, group)
+    req = _Request(mode, family, group, allocate or DEFAULT_SIGNAL, qtype, bpw if mode == "bpw" else size,
+                   get_target(target) if target else None, ctx, progress,
+                   make_pruning(prune, sparsity, pattern, owl, family, prune_choice))
+    if req.pruning is not None and req.pruning.choice and (mode not in BUDGETS or req.signal == "uniform"):
+        raise InputError("--prune-choice lets the allocator choose dense or sparse per matrix: give --target, "
+                         "--bpw or --size with a measuring --allocate signal")
     model = open_source(src)
     try:
-        signal = allocate or DEFAULT_SIGNAL
-        cal = calibration_for(src, model, calib, calib_tokens, signal if mode in BUDGETS else None, bool(gptq))
-        gptq = use_gptq(gptq, mode, cal)
-        if mode in BUDGETS:
-            planned, imp = _plan_budget(model, cal, family, group, signal, mode, bpw if mode == "bpw" else size,
-                                        tgt, ctx, progress)
-        else:
-            planned, imp = _plan_uniform(model, cal, qtype, family, mode, tgt, ctx)
-        extra = dict(planned.extra, calibration=calibration_record(cal, imp), gptq=bool(gptq))
+        cal = calibration_for(src, model, calib, calib_tokens, req.signal if mode in BUDGETS else None, bool(gptq),
+                              req.pruning.method if req.pruning else None)
+        gptq = use_gptq(gptq, mode, cal, req.pruning)
+        planned, imp = _plan_budget(model, cal, req) if mode in BUDGETS else _plan_uniform(model, cal, req)
         plan = planned.plan
-        converted = gptq_stream(plan, cal, imp.by_name, model.n_layers) if gptq else \
-            round_to_nearest(plan, imp.by_name)
+        extra = dict(planned.extra, calibration=calibration_record(cal, imp), gptq=bool(gptq))
+        if req.pruning is not None:
+            extra["prune"] = prune_record(req.pruning, plan)
+            note_sparse(plan)
+        method = req.pruning.method if req.pruning else "magnitude"
+        converted = gptq_stream(plan, cal, imp.by_name, model.n_layers, method) if gptq else \
+            round_to_nearest(plan, imp.by_name, method)
         return write_gguf(out, model, plan, planned.fit, family, extra, converted, force, progress,
                           planned.report_size)
     finally:
         model.close()
 
 
-def _plan_budget(model: SourceModel, cal, family: str, group: int, signal: str, kind: str, value,
-                 tgt: Target | None, ctx: int, progress: bool | None) -> tuple[Importance]:
-    """Budget (FitError before any work), measure, allocate; prints the fit report and the allocation."""
-    types = family_types(family, group, top_f16=kind != "target")
+@dataclass
+class _Request:
+    """What the user asked for, checked: the mode and everything the plan passes read."""
+
+    mode: str
+    family: str
+    group: int
+    signal: str
+    qtype: str | None
+    value: object  # --bpw or --size
+    tgt: Target | None
+    ctx: int
+    progress: bool | None
+    pruning: Pruning | None
+
+
+def _plan_budget(model: SourceModel, cal, req: _Request) -> tuple[PlanResult, Importance]:
+    """Budget (FitError before any work; with OWL after its measuring), measure, allocate; prints the
+    fit report and the allocation."""
+    types = family_types(req.family, req.group, top_f16=req.mode != "target")
     mats, fixed = matrices(model)
-    budget = make_budget(model, mats, fixed, types, family, kind, value, tgt, ctx)
-    imp = measure_importance(cal)
-    analyses = analyze_matrices(mats, types, imp.by_name, signal, progress)
-    res = plan_to_budget(model, analyses, budget, signal, family, group, types, tgt, ctx)
-    head = build_report(model, res.plan, res.fit, family, {},
+    imp = None
+    if req.pruning is not None and req.pruning.owl is not None:
+        imp = measure_importance(cal)
+        req.pruning.layer_sparsity = measure_owl(mats, req.pruning, imp.by_name)
+    cands = candidate_types(mats, types, req.pruning)
+    budget = make_budget(model, mats, fixed, cands, req.family, req.mode, req.value, req.tgt, req.ctx,
+                         prune_key(req.pruning.record() if req.pruning else None))
+    imp = imp or measure_importance(cal)
+    method = req.pruning.method if req.pruning else "wanda"
+    analyses = analyze_matrices(mats, cands, imp.by_name, req.signal, req.progress, method)
+    res = plan_to_budget(model, analyses, budget, req.signal, req.family, req.group, cands, req.tgt, req.ctx)
+    head = build_report(model, res.plan, res.fit, req.family, {},
                         dict(res.extra, calibration=calibration_record(cal, imp)))
     print(res.fit.text(), file=sys.stderr)
     print("\n".join(allocation_summary(head, indent="  ")), file=sys.stderr)
     return res, imp
 
 
-def _plan_uniform(model: SourceModel, cal, qtype: str | None, family: str, mode: str, tgt: Target | None,
-                  ctx: int) -> tuple[Importance]:
-    """One type for all (prints the fit report and block fallbacks), then the calibration importance."""
-    plan, fit = plan_uniform(model, qtype, family, tgt, ctx)
+def _plan_uniform(model: SourceModel, cal, req: _Request) -> tuple[PlanResult, Importance]:
+    """One type for all (prints the fit report and block fallbacks), then the calibration importance
+    (before the plan with OWL, whose per-layer sparsity it needs)."""
+    imp = None
+    if req.pruning is not None and req.pruning.owl is not None:
+        imp = measure_importance(cal)
+        req.pruning.layer_sparsity = measure_owl(matrices(model)[0], req.pruning, imp.by_name)
+    plan, fit = plan_uniform(model, req.qtype, req.family, req.tgt, req.ctx, req.pruning)
     print(fit.text(), file=sys.stderr)
     note_fallbacks(plan)
-    return PlanResult(plan, fit, {"mode": mode}), measure_importance(cal)
+    return PlanResult(plan, fit, {"mode": req.mode}), imp or measure_importance(cal)
 
 
-def use_gptq(gptq: bool | None, mode: str, cal) -> bool:
+def use_gptq(gptq: bool | None, mode: str, cal, pruning: Pruning | None = None) -> bool:
     """GPTQ or plain (importance-weighted) rounding: as asked, else on for a budget whenever
-    calibration runs (an HF folder with torch installed, calibration not refused).
+    calibration runs (an HF folder with torch installed, calibration not refused). SparseGPT
+    prunes inside that pass, so `--prune sparsegpt` turns it on (and refuses --no-gptq).
 
     Why on by default: at 4.0 bpw on the reference model GPTQ took the ΔPPL from 1.04x
     llama.cpp+imatrix's to 0.62x, and KL from 0.70x to 0.40x (docs/quality-ref.md). Its cost
     grows with the matrices' width: about 2.3 minutes per decoder layer of a 7B model on
     2 cores (docs/benchmarks.md), which `--no-gptq` saves.
     """
+    if pruning is not None and pruning.method == "sparsegpt":
+        if gptq is False:
+            raise InputError("--prune sparsegpt prunes inside the GPTQ pass; drop --no-gptq "
+                             "(or prune with magnitude or wanda)")
+        return True
     if gptq is not None:
         return bool(gptq)
     return mode in BUDGETS and cal is not None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from edgeslim.errors import InputError
 from edgeslim.quants import fallback_type
-from edgeslim.tables import GGML_WRITABLE, affine_name, is_quantizable, parse_affine, quant_info
+from edgeslim.tables import GGML_WRITABLE, affine_name, is_quantizable, parse_affine, quant_info, sparse_info
 from edgeslim.targets import Fit, Target, kv_cache_bytes, pick_type, require_fit
 
 from .model import SourceModel, TensorSpec
@@ -52,7 +52,10 @@ class PlanResult:
 
 
 def planned_bytes(shape: tuple[int, ...], qtype: str) -> int:
-    """Bytes a tensor takes in the file (affine: codes + scales + biases)."""
+    """Bytes a tensor takes in the file (affine: codes + scales + biases; sparse: values + index)."""
+    sp = sparse_info(qtype)
+    if sp:
+        return sp.nbytes(int(shape[0]), int(shape[1]))
     n = 1
     for d in shape:
         n *= int(d)
@@ -127,20 +130,25 @@ def matrix_bpw(plan: list[Planned]) -> float:
 
 
 def plan_uniform(model: SourceModel, qtype: str | None, family: str, tgt: Target | None,
-                 ctx: int) -> tuple[list[Planned], Fit]:
+                 ctx: int, pruning=None) -> tuple[list[Planned], Fit]:
     """One type for every matrix (given, the best that fits the target, or F16) and its fit;
-    FitError when it does not fit. Block fallbacks are recorded in each Planned (`note_fallbacks`)."""
-    fit = choose_type(model, qtype, family, tgt, ctx)
-    plan = make_plan(model.tensors, fit.qtype)
-    return plan, fit
+    FitError when it does not fit. Block fallbacks are recorded in each Planned (`note_fallbacks`).
+    pruning (prune.Pruning): the decoder matrices take that type as the values of their sparse type."""
+    from .prune import prune_plan
+
+    fit = choose_type(model, qtype, family, tgt, ctx, pruning)
+    return prune_plan(make_plan(model.tensors, fit.qtype), pruning), fit
 
 
-def choose_type(model: SourceModel, qtype: str | None, family: str, tgt: Target | None, ctx: int) -> Fit:
+def choose_type(model: SourceModel, qtype: str | None, family: str, tgt: Target | None, ctx: int,
+                pruning=None) -> Fit:
     """The type to write and its fit: given, picked for the target, or the default."""
+    from .prune import prune_plan
+
     kv = kv_cache_bytes(model.n_layers, ctx, model.n_kv_heads, model.head_dim)
 
     def weights_for(q: str) -> int:
-        return plan_bytes(model.tensors, q)
+        return sum(p.nbytes for p in prune_plan(make_plan(model.tensors, q), pruning))
 
     if qtype is None and tgt is not None:
         return pick_type(family, weights_for, kv, tgt, ctx)
@@ -158,5 +166,9 @@ def note_fallbacks(plan: list[Planned]) -> None:
             groups.setdefault((int(p.spec.shape[-1]), p.fallback_from, p.qtype), []).append(p.spec.name)
     for (row, asked, used), names in groups.items():
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        note(f"rows of {row} are not a multiple of {asked}'s block of {quant_info(asked).block}; "
-             f"{len(names)} tensor(s) use {used} instead ({shown})")
+        sp = sparse_info(asked)
+        why = (f"rows of {row} are not a multiple of {asked}'s block of {quant_info(asked).block}" if sp is None
+               else f"rows of {row} cannot hold {asked} ({sp.kept(row)} kept weights per row"
+                    f"{f' in groups of {sp.pattern.m}' if sp.pattern.m else ''}, in {sp.value} blocks of "
+                    f"{quant_info(sp.value).block})")
+        note(f"{why}; {len(names)} tensor(s) use {used} instead ({shown})")

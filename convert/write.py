@@ -35,7 +35,8 @@ def write_gguf(out: Path, model: SourceModel, plan: list[Planned], fit: Fit, fam
     min_report_size: bytes the report must at least be given (--size's header estimate)."""
     head = build_report(model, plan, fit, family, {}, extra)
     with GGUFOut(out, arch=model.gguf_arch, force=force) as g:
-        add_header(g, model, plan, fit, family, max(min_report_size, report_size(head, plan, extra["gptq"])))
+        add_header(g, model, plan, fit, family, max(min_report_size, report_size(head, plan, extra["gptq"])),
+                   prune_json=prune_key(extra.get("prune")))
         g.begin()
         errors, out_errors = _write_all(g, converted, progress_bar(sum(p.spec.n_elements for p in plan), progress))
         report = build_report(model, plan, fit, family, errors, extra, out_errors)
@@ -44,6 +45,13 @@ def write_gguf(out: Path, model: SourceModel, plan: list[Planned], fit: Fit, fam
     print(f"edgeslim: wrote {out} ({total / 2**20:.1f} MiB of weights, {len(plan)} tensors, {fit.qtype})",
           file=sys.stderr)
     return report
+
+
+def prune_key(record: dict | None) -> str | None:
+    """`edgeslim.prune`: the report's prune record without its per-tensor map, as JSON (None: not pruned)."""
+    if record is None:
+        return None
+    return json.dumps({k: v for k, v in record.items() if k != "tensors"}, separators=(",", ":"))
 
 
 def _write_all(g: GGUFOut, converted: Iterable[Converted], bar) -> tuple[dict[str, float], dict[str, float]]:

@@ -30,11 +30,17 @@ from ...quants.sparse import COMB_2_4, COMB_4_8, VALUE_TYPES, info_of
 from ...tables import quant_info
 
 SMALL_T = 16  # above: dense tiles + BLAS
+SLACK = 8  # position buffers run this far past the kept count (table writes need no bounds test)
 TILE_ELEMS = 1 << 22  # float32 weights per dequantized tile on the prefill path (16 MB)
 _INDEX = {"comb3": 0, "comb7": 1, "bitmap": 2}
 _VALUE = {v: k for k, v in enumerate(VALUE_TYPES)}  # Q2_K Q3_K Q4_K Q5_K Q6_K Q8_0 F16
 COMB24 = np.ascontiguousarray(COMB_2_4, np.int32)  # (6, 2)
 COMB48 = np.ascontiguousarray(COMB_4_8, np.int32)  # (70, 4)
+# bitmap byte -> its set bits' positions (first popcount entries), and 2:4 index byte -> six positions
+BITS = np.array([[j for j in range(8) if b >> j & 1] + [0] * (8 - bin(b).count("1")) for b in range(256)], np.int32)
+NBITS = np.array([bin(b).count("1") for b in range(256)], np.int32)
+PAIRS3 = np.array([[4 * i + int(COMB_2_4[(b // 6 ** i) % 6][k]) for i in range(3) for k in range(2)]
+                   if b < 216 else [0] * 6 for b in range(256)], np.int32)  # (256, 6)
 
 
 @dataclass(eq=False)
@@ -93,7 +99,7 @@ def linear(p: SparsePacked, x: np.ndarray) -> np.ndarray:
         raise ValueError(f"linear: x has {x.shape[1]} columns, weight {p.qtype} {p.shape} needs {cols}")
     if x.shape[0] <= SMALL_T:
         y = np.empty((x.shape[0], rows), np.float32)
-        _matvec(p.values, p.index, p.vcode, p.icode, p.kept, x, y, COMB24, COMB48)
+        _matvec(p.values, p.index, p.vcode, p.icode, p.kept, x, y, PAIRS3, COMB48, BITS, NBITS)
         return y
     y = np.empty((x.shape[0], rows), np.float32)
     step = max(1, TILE_ELEMS // cols)
@@ -109,7 +115,7 @@ def embed_rows(p: SparsePacked, ids) -> np.ndarray:
     if ids.size and (ids.min() < 0 or ids.max() >= p.shape[0]):
         raise IndexError(f"embed_rows: id out of range [0, {p.shape[0]})")
     out = np.zeros((ids.size, p.shape[1]), np.float32)
-    _dense_rows(p.values, p.index, p.vcode, p.icode, p.kept, ids, out, COMB24, COMB48)
+    _dense_rows(p.values, p.index, p.vcode, p.icode, p.kept, ids, out, PAIRS3, COMB48, BITS, NBITS)
     return out
 
 
@@ -121,54 +127,50 @@ def dequantize(p: SparsePacked) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # kernels
 # ---------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
-def _matvec(values, index, vcode, icode, kept, x, y, c24, c48):
+@njit(parallel=True, cache=True, fastmath=True)
+def _matvec(values, index, vcode, icode, kept, x, y, p3, c48, bits, nbits):
     rows = values.shape[0]
-    T = x.shape[0]
+    T, cols = x.shape
     for r in prange(rows):
         val = np.empty(kept, np.float32)
-        pos = np.empty(kept, np.int32)
+        pos = np.empty(kept + SLACK, np.int32)
+        dense = np.zeros(cols, np.float32)
         _decode_values(vcode, values[r], val)
-        _decode_positions(icode, index[r], x.shape[1], pos, c24, c48)
+        _decode_positions(icode, index[r], cols, pos, p3, c48, bits, nbits)
+        for k in range(kept):  # scattered into a dense row: the products below are contiguous (SIMD)
+            dense[pos[k]] = val[k]
         for t in range(T):
             xt = x[t]
             acc = np.float32(0.0)
-            for k in range(kept):
-                acc += val[k] * xt[pos[k]]
+            for j in range(cols):
+                acc += dense[j] * xt[j]
             y[t, r] = acc
 
 
 @njit(parallel=True, cache=True)
-def _dense_rows(values, index, vcode, icode, kept, ids, out, c24, c48):
+def _dense_rows(values, index, vcode, icode, kept, ids, out, p3, c48, bits, nbits):
     for i in prange(ids.size):
         r = ids[i]
         val = np.empty(kept, np.float32)
-        pos = np.empty(kept, np.int32)
+        pos = np.empty(kept + SLACK, np.int32)
         _decode_values(vcode, values[r], val)
-        _decode_positions(icode, index[r], out.shape[1], pos, c24, c48)
+        _decode_positions(icode, index[r], out.shape[1], pos, p3, c48, bits, nbits)
         for k in range(kept):
             out[i, pos[k]] = val[k]
 
 
 @njit(cache=True, inline="always")
-def _decode_positions(icode, ix, cols, pos, c24, c48):
-    """Column of each kept weight of one row, in order (icode: 0 = 2:4, 1 = 4:8, 2 = bitmap)."""
-    k = 0
+def _decode_positions(icode, ix, cols, pos, p3, c48, bits, nbits):
+    """Column of each kept weight of one row, in order (icode: 0 = 2:4, 1 = 4:8, 2 = bitmap), by tables:
+    a 2:4 byte gives six positions (p3), a 4:8 code four (c48), a bitmap byte its set bits (bits, nbits)."""
     if icode == 0:
-        groups = cols // 4
         for j in range(ix.size):
-            b = np.int32(ix[j])
-            for i in range(3):
-                g = 3 * j + i
-                if g < groups:
-                    c = b % 6
-                    pos[k] = 4 * g + c24[c, 0]
-                    pos[k + 1] = 4 * g + c24[c, 1]
-                    k += 2
-                b //= 6
+            t = p3[np.int32(ix[j])]
+            for i in range(6):  # pos has SLACK entries past kept: no bounds test in the loop
+                pos[6 * j + i] = 12 * j + t[i]
     elif icode == 1:
-        groups = cols // 8
-        for g in range(groups):
+        k = 0
+        for g in range(cols // 8):
             bit = 7 * g
             j = bit >> 3
             v = np.int32(ix[j])
@@ -179,10 +181,13 @@ def _decode_positions(icode, ix, cols, pos, c24, c48):
                 pos[k + i] = 8 * g + c48[c, i]
             k += 4
     else:
-        for j in range(cols):
-            if (np.int32(ix[j >> 3]) >> (j & 7)) & 1:
-                pos[k] = j
-                k += 1
+        k = 0
+        for j in range(ix.size):
+            b = np.int32(ix[j])
+            t = bits[b]
+            for i in range(8):  # entries past the set bits are overwritten by the next byte's (or slack)
+                pos[k + i] = 8 * j + t[i]
+            k += nbits[b]
 
 
 @njit(cache=True, inline="always")
@@ -208,8 +213,7 @@ def _decode_values(vcode, raw, out):
             o = 34 * b
             d = _half(raw[o], raw[o + 1])
             for i in range(32):
-                q = np.int32(raw[o + 2 + i])
-                out[32 * b + i] = np.float32(q - 256 if q > 127 else q) * d
+                out[32 * b + i] = np.float32((np.int32(raw[o + 2 + i]) ^ 128) - 128) * d
     elif vcode == 6:  # F16
         for i in range(out.size):
             out[i] = _half(raw[2 * i], raw[2 * i + 1])
@@ -255,15 +259,19 @@ def _q6k(raw, out):
     for b in range(out.size // 256):
         o = 210 * b
         d = _half(np.int32(raw[o + 208]), np.int32(raw[o + 209]))
-        for i in range(256):
-            h, rem = i // 128, i % 128
-            quarter, l = rem // 32, rem % 32
-            lo = np.int32(raw[o + 64 * h + 32 * (quarter & 1) + l])
-            lo = (lo >> 4) if quarter >= 2 else (lo & 0xF)
-            hi = (np.int32(raw[o + 128 + 32 * h + l]) >> (2 * quarter)) & 3
-            s = np.int32(np.int32(raw[o + 192 + i // 16]))
-            s = s - 256 if s > 127 else s
-            out[256 * b + i] = (d * np.float32(s)) * np.float32(np.int32(lo | (hi << 4)) - 32)
+        for h in range(2):
+            for quarter in range(4):
+                ql = o + 64 * h + 32 * (quarter & 1)
+                qh = o + 128 + 32 * h
+                shift_lo = 4 * (quarter >> 1)
+                base = 256 * b + 128 * h + 32 * quarter
+                for half in range(2):  # two sub-blocks of 16
+                    s = np.int32(raw[o + 192 + (128 * h + 32 * quarter + 16 * half) // 16])
+                    dl = d * np.float32(s - 256 if s > 127 else s)
+                    for l in range(16 * half, 16 * half + 16):
+                        lo = (np.int32(raw[ql + l]) >> shift_lo) & 0xF
+                        hi = (np.int32(raw[qh + l]) >> (2 * quarter)) & 3
+                        out[base + l] = dl * np.float32((lo | (hi << 4)) - 32)
 
 
 @njit(cache=True, inline="always")
@@ -272,17 +280,19 @@ def _q3k(raw, out):
     for b in range(out.size // 256):
         o = 110 * b
         d = _half(np.int32(raw[o + 108]), np.int32(raw[o + 109]))
-        for s in range(16):
-            lo = (np.int32(raw[o + 96 + s]) & 0xF) if s < 8 else (np.int32(raw[o + 96 + s - 8]) >> 4)
-            hi = (np.int32(raw[o + 104 + s % 4]) >> (2 * (s // 4))) & 3
-            dl = d * np.float32(np.int32(lo | (hi << 4)) - 32)
-            for t in range(16):
-                i = 16 * s + t
-                h, rem = i // 128, i % 128
-                quarter, l = rem // 32, rem % 32
-                q = (np.int32(raw[o + 32 + 32 * h + l]) >> (2 * quarter)) & 3
-                q |= ((np.int32(raw[o + l]) >> (i // 32)) & 1) << 2
-                out[256 * b + i] = dl * np.float32(np.int32(q) - 4)
+        for h in range(2):
+            for quarter in range(4):
+                k = 4 * h + quarter  # 32-weight chunk: its hmask bit and its two sub-blocks
+                base = 256 * b + 32 * k
+                for half in range(2):
+                    s = 2 * k + half
+                    lo = (np.int32(raw[o + 96 + s]) & 0xF) if s < 8 else (np.int32(raw[o + 96 + s - 8]) >> 4)
+                    hi = (np.int32(raw[o + 104 + s % 4]) >> (2 * (s // 4))) & 3
+                    dl = d * np.float32((lo | (hi << 4)) - 32)
+                    for l in range(16 * half, 16 * half + 16):
+                        q = (np.int32(raw[o + 32 + 32 * h + l]) >> (2 * quarter)) & 3
+                        q |= ((np.int32(raw[o + l]) >> k) & 1) << 2
+                        out[base + l] = dl * np.float32(q - 4)
 
 
 @njit(cache=True, inline="always")
@@ -292,12 +302,14 @@ def _q2k(raw, out):
         o = 84 * b
         d = _half(np.int32(raw[o + 80]), np.int32(raw[o + 81]))
         dmin = _half(np.int32(raw[o + 82]), np.int32(raw[o + 83]))
-        for s in range(16):
-            dl = d * np.float32(np.int32(raw[o + s]) & 0xF)
-            ml = dmin * np.float32(np.int32(raw[o + s]) >> 4)
-            for t in range(16):
-                i = 16 * s + t
-                h, rem = i // 128, i % 128
-                quarter, l = rem // 32, rem % 32
-                q = (np.int32(raw[o + 16 + 32 * h + l]) >> (2 * quarter)) & 3
-                out[256 * b + i] = dl * np.float32(q) - ml
+        for h in range(2):
+            for quarter in range(4):
+                k = 4 * h + quarter
+                base = 256 * b + 32 * k
+                for half in range(2):
+                    sc = np.int32(raw[o + 2 * k + half])
+                    dl = d * np.float32(sc & 0xF)
+                    ml = dmin * np.float32(sc >> 4)
+                    for l in range(16 * half, 16 * half + 16):
+                        q = (np.int32(raw[o + 16 + 32 * h + l]) >> (2 * quarter)) & 3
+                        out[base + l] = dl * np.float32(q) - ml

@@ -203,3 +203,37 @@ def test_pruning_rule_applies_to_decoder_matrices_only():
     assert p.applies("blk.3.ffn_down.weight", (4096, 11008))
     assert not p.applies("token_embd.weight", (32000, 4096)) and not p.applies("output.weight", (32000, 4096))
     assert not p.applies("blk.3.attn_norm.weight", (4096,))
+
+
+def test_allocator_takes_sparse_options_only_where_they_cost_less_error_per_byte():
+    """Sparse types are options beside the dense ladder: a matrix whose measured sparse error is low per byte
+    goes sparse, one whose pruning error is high stays dense, and the budget holds."""
+    from edgeslim.convert.allocate import allocate
+    from edgeslim.convert.analyze import TensorAnalysis, effective_types, family_types, tensor_bytes
+
+    types = family_types("ggml", top_f16=False)
+    shape = (1024, 1024)
+
+    def analysis(name, sparse_rel):  # dense errors 4^-bpw-like, sparse ones as given (relative to energy)
+        sse = {t: 1e3 * 4.0 ** -(8 * tensor_bytes(t, shape) / 1024 ** 2) for t in types}
+        for t in types:
+            sse[f"{t}@2:4"] = sse[t] / 2 + sparse_rel * 1e3
+        return TensorAnalysis(name, shape, {"energy": 1e3, "erank_fraction": 1.0}, sse, dict(sse))
+
+    cands = {n: types + tuple(f"{t}@2:4" for t in types) for n in ("blk.0.a.weight", "blk.0.b.weight")}
+    analyses = [analysis("blk.0.a.weight", 1e-5), analysis("blk.0.b.weight", 0.3)]
+    budget = int(sum(tensor_bytes("Q3_K", shape) for _ in analyses))
+    alloc = allocate(analyses, budget, "sensitivity", types=cands)
+    chosen = alloc.tensor_types()
+    assert "@2:4" in chosen["blk.0.a.weight"] and "@" not in chosen["blk.0.b.weight"]
+    assert alloc.total_bytes <= budget
+    assert effective_types(["Q4_K@2:4"], 256) == ["Q8_0@2:4"] and effective_types(["Q4_K@2:4"], 258) == ["F16"]
+
+
+def test_prune_choice_converts_within_budget(tmp_path):
+    out, report = _convert(tmp_path, "choice", bpw=5.0, prune="magnitude", pattern="2:4", prune_choice=True,
+                           calib=False, allocate="sensitivity")
+    assert report["bpw"] <= 5.0 and report["prune"]["choice"] is True
+    assert set(report["prune"]["tensors"].values()) <= {0.0, 0.5}
+    with pytest.raises(InputError, match="--prune-choice"):
+        _convert(tmp_path, "bad", quant="Q8_0", prune="magnitude", prune_choice=True)

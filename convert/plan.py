@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from edgeslim.errors import InputError
 from edgeslim.quants import fallback_type
+from edgeslim.quants.sparse import sparse_fallback
 from edgeslim.tables import GGML_WRITABLE, affine_name, is_quantizable, parse_affine, quant_info, sparse_info
 from edgeslim.targets import Fit, Target, kv_cache_bytes, pick_type, require_fit
 
@@ -134,8 +135,6 @@ def plan_uniform(model: SourceModel, qtype: str | None, family: str, tgt: Target
     """One type for every matrix (given, the best that fits the target, or F16) and its fit;
     FitError when it does not fit. Block fallbacks are recorded in each Planned (`note_fallbacks`).
     pruning (prune.Pruning): the decoder matrices take that type as the values of their sparse type."""
-    from .prune import prune_plan
-
     fit = choose_type(model, qtype, family, tgt, ctx, pruning)
     return prune_plan(make_plan(model.tensors, fit.qtype), pruning), fit
 
@@ -143,8 +142,6 @@ def plan_uniform(model: SourceModel, qtype: str | None, family: str, tgt: Target
 def choose_type(model: SourceModel, qtype: str | None, family: str, tgt: Target | None, ctx: int,
                 pruning=None) -> Fit:
     """The type to write and its fit: given, picked for the target, or the default."""
-    from .prune import prune_plan
-
     kv = kv_cache_bytes(model.n_layers, ctx, model.n_kv_heads, model.head_dim)
 
     def weights_for(q: str) -> int:
@@ -172,3 +169,20 @@ def note_fallbacks(plan: list[Planned]) -> None:
                     f"{f' in groups of {sp.pattern.m}' if sp.pattern.m else ''}, in {sp.value} blocks of "
                     f"{quant_info(sp.value).block})")
         note(f"{why}; {len(names)} tensor(s) use {used} instead ({shown})")
+
+
+def prune_plan(plan: list[Planned], pruning) -> list[Planned]:
+    """The plan with every matrix `pruning` (prune.Pruning) applies to in its sparse type (the planned dense
+    type as the values, block fallbacks recorded in `fallback_from`); matrices the pattern cannot cut
+    stay dense."""
+    if pruning is None:
+        return plan
+    out = []
+    for p in plan:
+        if not pruning.applies(p.spec.name, p.spec.shape) or p.qtype == "F32":
+            out.append(p)
+            continue
+        asked = pruning.sparse_type(p.qtype, p.spec.name)
+        used = sparse_fallback(asked, int(p.spec.shape[-1]))
+        out.append(Planned(p.spec, used or p.qtype, None if used == asked else asked))
+    return out

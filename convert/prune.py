@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeslim.errors import InputError
-from edgeslim.quants.sparse import VALUE_TYPES, sparse_fallback
+from edgeslim.quants.sparse import VALUE_TYPES
 from edgeslim.tables import SPARSE_PATTERNS, SparseInfo, is_quantizable, sparse_info, sparse_name
 
 from .notes import note
@@ -142,22 +142,6 @@ def note_sparse(plan: list[Planned]) -> None:
         note(f"{sum(1 for p in plan if sparse_info(p.qtype))} tensors use edgeslim's sparse types "
              f"({', '.join(sparse[:4])}{' ...' if len(sparse) > 4 else ''}): llama.cpp cannot read this file, "
              "edgeslim runs it")
-
-
-def prune_plan(plan: list[Planned], pruning: "Pruning | None") -> list[Planned]:
-    """The plan with every prunable matrix in its sparse type (the planned dense type as the values,
-    block fallbacks recorded in `fallback_from`); matrices the pattern cannot cut stay dense."""
-    if pruning is None:
-        return plan
-    out = []
-    for p in plan:
-        if not pruning.applies(p.spec.name, p.spec.shape) or p.qtype == "F32":
-            out.append(p)
-            continue
-        asked = pruning.sparse_type(p.qtype, p.spec.name)
-        used = sparse_fallback(asked, int(p.spec.shape[-1]))
-        out.append(Planned(p.spec, used or p.qtype, None if used == asked else asked))
-    return out
 
 
 # ---------------------------------------------------------------------------

@@ -156,7 +156,7 @@ def analysis_pass(mats: list[TensorSpec], types, importance: dict, progress: boo
 def measure_owl(mats: list[TensorSpec], pruning, importance: dict) -> dict[int, float]:
     """OWL's per-layer sparsity (prune.owl_sparsities) from each decoder layer's Wanda outlier ratio,
     every prunable matrix loaded alone."""
-    from .prune import _BLOCK, outlier_ratio, owl_sparsities
+    from .prune import block_index, outlier_ratio, owl_sparsities
 
     counts: dict[int, list[int]] = {}
     for s in mats:
@@ -164,7 +164,7 @@ def measure_owl(mats: list[TensorSpec], pruning, importance: dict) -> dict[int, 
             w = load_checked(s)
             n_out, n = outlier_ratio(w, importance.get(s.name))
             del w
-            c = counts.setdefault(int(_BLOCK.match(s.name).group(1)), [0, 0])
+            c = counts.setdefault(block_index(s.name), [0, 0])
             c[0] += n_out
             c[1] += n
     return owl_sparsities({k: (v[0], v[1]) for k, v in counts.items()}, pruning.sparsity, pruning.owl)

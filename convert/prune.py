@@ -144,6 +144,12 @@ def note_sparse(plan: list[Planned]) -> None:
              "edgeslim runs it")
 
 
+def block_index(name: str) -> int | None:
+    """The decoder block a tensor belongs to ("blk.3.ffn_up.weight" -> 3), None outside the blocks."""
+    m = _BLOCK.match(name)
+    return int(m.group(1)) if m else None
+
+
 # ---------------------------------------------------------------------------
 # scores and masks
 # ---------------------------------------------------------------------------

@@ -533,6 +533,7 @@ def _walk(ck: _Checkpoint, seqs: list[np.ndarray], want_hessian: bool, trace=Non
         stats = hooks.stats(i, want_hessian)
         _attach(stats, layer, i, ck)
         yield stats  # the caller may release / replace the layer's weights now
+        stats.replace = stats.release = None  # their closures hold the layer and stats: break the cycle
         if stats.changed:
             _check_filled(layer, i)
             out = runner.run(layer, i, hidden)
@@ -553,7 +554,9 @@ def _walk(ck: _Checkpoint, seqs: list[np.ndarray], want_hessian: bool, trace=Non
 
 
 def _attach(stats: LayerStats, layer, i: int, ck: _Checkpoint) -> None:
-    """Give `stats` its release / replace functions on decoder layer i; either marks it changed."""
+    """Give `stats` its release / replace functions on decoder layer i; either marks it changed.
+    They reference `stats` (a cycle that would keep the layer's weights until the garbage collector
+    runs): `_walk` drops them once the caller is done with the layer."""
 
     def replace(name: str, arr: np.ndarray) -> None:
         _replace(layer, i, ck, {name: arr})

@@ -10,13 +10,15 @@ Stopping, in the order checked after each sampled token:
   "length"   max_tokens were generated
   "context"  the KV cache is full: the last token was emitted but cannot be fed
              back, so generation ends there (raise n_ctx / --ctx for longer output)
+  any other  `should_stop()` returned that reason (e.g. "cancelled", "time_limit");
+             it is asked before every forward, so a stop lands within one token
 A prompt longer than the context raises InputError naming the limit and --ctx.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -36,7 +38,7 @@ class GenerationStats:
     generated_tokens: int = 0  # tokens emitted (the EOG token is not counted)
     decode_steps: int = 0  # single-token forwards after the prompt
     decode_seconds: float = 0.0  # time of those forwards plus sampling
-    finish_reason: str = "interrupted"  # eog | stop | length | context | interrupted
+    finish_reason: str = "interrupted"  # eog | stop | length | context | interrupted | a should_stop reason
     extra: dict = field(default_factory=dict)
 
     @property
@@ -73,12 +75,17 @@ class Session:
         self.cache.reset()
         self.tokens = []
 
-    def keep_prefix(self, ids: Sequence[int]) -> int:
-        """Keep the cached tokens shared with `ids` (leaving at least one of ids to run); returns the count kept."""
+    def shared_prefix(self, ids: Sequence[int]) -> int:
+        """How many leading tokens of `ids` the cache holds already (at most len(ids) - 1: one must run)."""
         n = 0
         limit = min(len(self.tokens), len(ids) - 1)
         while n < limit and self.tokens[n] == ids[n]:
             n += 1
+        return n
+
+    def keep_prefix(self, ids: Sequence[int]) -> int:
+        """Keep the cached tokens shared with `ids` (leaving at least one of ids to run); returns the count kept."""
+        n = self.shared_prefix(ids)
         self.cache.truncate(n)
         del self.tokens[n:]
         return n
@@ -143,11 +150,14 @@ def check_prompt(n_prompt: int, n_ctx: int, model_ctx: int) -> None:
 
 def generate(session: Session, tokenizer, prompt_ids: Sequence[int], max_tokens: int = 128,
              params: SamplingParams = SamplingParams(), stop: Sequence[str] = (),
-             stats: GenerationStats | None = None, reuse_prefix: bool = False) -> Iterator[str]:
+             stats: GenerationStats | None = None, reuse_prefix: bool = False,
+             should_stop: Callable[[], str | None] | None = None) -> Iterator[str]:
     """Yield text pieces of the continuation of prompt_ids (see the module docstring for stopping).
 
     reuse_prefix keeps cached tokens shared with the previous call's prompt+output
     (chat turns); otherwise the cache starts empty. `stats` is filled in as it runs.
+    should_stop: called before every forward; a non-empty string ends generation with
+    that finish_reason (cancellation from another thread, time limits).
     """
     stats = stats if stats is not None else GenerationStats()
     prompt_ids = [int(t) for t in prompt_ids]
@@ -164,13 +174,19 @@ def generate(session: Session, tokenizer, prompt_ids: Sequence[int], max_tokens:
         session.reset()
         n_keep = 0
     stats.prompt_tokens, stats.prompt_evaluated = len(prompt_ids), len(prompt_ids) - n_keep
+    reason = should_stop() if should_stop is not None else None
+    if reason:
+        stats.finish_reason = reason
+        return
     logits = session.feed(prompt_ids[n_keep:])[-1]  # (V,)
     stats.prompt_seconds = time.perf_counter() - t0
-    yield from _decode(session, tokenizer, sampler, logits, list(prompt_ids), max_tokens, stop, stats)
+    yield from _decode(session, tokenizer, sampler, logits, list(prompt_ids), max_tokens, stop, stats,
+                       should_stop or (lambda: None))
 
 
 def _decode(session: Session, tokenizer, sampler: Sampler, logits: np.ndarray, history: list[int],
-            max_tokens: int, stop: Sequence[str], stats: GenerationStats) -> Iterator[str]:
+            max_tokens: int, stop: Sequence[str], stats: GenerationStats,
+            should_stop: Callable[[], str | None]) -> Iterator[str]:
     decoder = tokenizer.stream_decoder(prev_id=history[-1])
     stopper = StopMatcher(stop)
     n_tok = tokenizer.vocab_size  # the embedding may have padding rows past the vocabulary: never pick them
@@ -197,6 +213,10 @@ def _decode(session: Session, tokenizer, sampler: Sampler, logits: np.ndarray, h
                 break
             if session.cache.free <= 0:
                 stats.finish_reason = "context"
+                break
+            reason = should_stop()
+            if reason:
+                stats.finish_reason = reason
                 break
             logits = session.feed([tok])[-1]
             stats.decode_steps += 1

@@ -1,0 +1,169 @@
+"""The fair, bounded queue of generation jobs and the one thread that runs them.
+
+    sched = Scheduler(model, max_queue=16, max_per_client=16)
+    job = Job(ids, max_tokens, params, stops, client="alice", deadline=now + 300, loop=loop)
+    sched.submit(job)          # APIError 503 (queue full) / 429 (this client's share) otherwise
+    ev = await job.events.get()   # ("start", None), ("text", str)..., ("done", stats) | ("error", exc)
+    sched.withdraw(job)        # the client went away: drop it from the queue / stop it within a token
+
+Fairness: each client (request `user`, else API key, else peer address) has its own
+FIFO; the worker serves clients round robin, so a client with ten queued requests does
+not delay another client's single one by ten generations.
+
+Why one generation at a time: batched decode across requests was measured on the
+numba backend and was not faster (see docs/architecture.md and scripts/bench_serve.py);
+so requests wait their turn, with a bounded queue and a clear 503.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from ...errors import EdgeslimError
+from ..sampling import SamplingParams
+from .errors import APIError
+
+log = logging.getLogger("edgeslim.serve")
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's generation; events flow from the worker thread to the request's event loop."""
+
+    ids: list[int]
+    max_tokens: int
+    params: SamplingParams
+    stops: list[str]
+    client: str
+    deadline: float  # time.monotonic() by which it must end
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    state: str = "new"  # new | queued | running | done
+
+    def emit(self, kind: str, value=None) -> None:
+        """Hand an event to the request's loop (thread-safe; dropped if the loop is gone)."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # loop closed: the server is shutting down
+            self.cancel.set()
+
+
+class Scheduler:
+    """Round-robin queue over clients, bounded, served by one daemon thread."""
+
+    def __init__(self, model, max_queue: int = 16, max_per_client: int = 16):
+        self.model = model
+        self.max_queue, self.max_per_client = max(0, max_queue), max(1, max_per_client)
+        self._cond = threading.Condition()
+        self._queues: OrderedDict[str, deque[Job]] = OrderedDict()  # clients in round-robin order
+        self._waiting = 0
+        self.running: Job | None = None
+        self.counts = {"served": 0, "cancelled": 0, "generated_tokens": 0}
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="edgeslim-generate", daemon=True)
+        self._thread.start()
+
+    # -- queue ------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """Queue a job, or raise APIError 503 / 429 when there is no room."""
+        with self._cond:
+            mine = self._queues.get(job.client)
+            if self._waiting >= self.max_queue and (self.running is not None or self._waiting > 0):
+                raise APIError(503, f"the server is busy: {self._waiting} requests are waiting (queue limit "
+                                    f"{self.max_queue}); retry in a few seconds", code="queue_full",
+                               headers={"Retry-After": "2"})
+            if mine is not None and len(mine) >= self.max_per_client:
+                raise APIError(429, f"this client already has {len(mine)} requests waiting (limit "
+                                    f"{self.max_per_client}); wait for them or retry later", code="too_many_requests",
+                               headers={"Retry-After": "2"})
+            self._queues.setdefault(job.client, deque()).append(job)
+            self._waiting += 1
+            job.state = "queued"
+            self._cond.notify()
+
+    def withdraw(self, job: Job) -> None:
+        """The client is gone: unqueue the job, or stop it before its next token."""
+        job.cancel.set()
+        with self._cond:
+            q = self._queues.get(job.client)
+            if job.state == "queued" and q is not None and job in q:
+                q.remove(job)
+                self._waiting -= 1
+                job.state = "done"
+                if not q:
+                    del self._queues[job.client]
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def _take(self) -> Job | None:
+        with self._cond:
+            while not self._closed and self._waiting == 0:
+                self._cond.wait()
+            if self._closed:
+                return None
+            client, q = next(iter(self._queues.items()))
+            job = q.popleft()
+            del self._queues[client]
+            if q:  # back of the line for this client's next job
+                self._queues[client] = q
+            self._waiting -= 1
+            job.state = "running"
+            self.running = job
+            return job
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for q in self._queues.values():
+                for job in q:
+                    job.cancel.set()
+                    job.emit("error", APIError(503, "the server is shutting down", code="shutting_down"))
+            self._queues.clear()
+            self._waiting = 0
+            self._cond.notify_all()
+        if self.running is not None:
+            self.running.cancel.set()
+
+    # -- worker -------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            job = self._take()
+            if job is None:
+                return
+            try:
+                self._run(job)
+            except EdgeslimError as err:  # e.g. the prompt plus output overflow a rule we missed
+                job.emit("error", APIError(400, str(err)))
+            except Exception as err:  # a bug: log it, answer 500, keep serving
+                log.exception("generation failed")
+                job.emit("error", APIError(500, f"internal error during generation: {err.__class__.__name__}"))
+            finally:
+                job.state = "done"
+                self.running = None
+                self.counts["served"] += 1
+
+    def _run(self, job: Job) -> None:
+        left = job.deadline - time.monotonic()
+        if job.cancel.is_set():
+            return
+        if left <= 0:
+            job.emit("error", APIError(503, "the request timed out waiting in the queue; retry later",
+                                       code="queue_timeout", headers={"Retry-After": "2"}))
+            return
+        p = job.params
+        gen = self.model.stream(job.ids, job.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
+                                min_p=p.min_p, repeat_penalty=p.repeat_penalty, repeat_last_n=p.repeat_last_n,
+                                seed=p.seed, stop=job.stops, cancel=job.cancel, time_limit=left, reuse_prefix=True)
+        job.emit("start")
+        for piece in gen:
+            job.emit("text", piece)
+        self.counts["generated_tokens"] += gen.stats.generated_tokens
+        self.counts["cancelled"] += gen.stats.finish_reason == "cancelled"
+        job.emit("done", gen.stats)

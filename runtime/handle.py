@@ -70,8 +70,13 @@ class Generation:
 
 
 class SessionPool:
-    """Up to `slots` KV caches; a prompt goes to the cache sharing its longest prefix (else the least
-    recently used one), so up to `slots` interleaved conversations each keep their history cached."""
+    """Up to `slots` KV caches, so up to `slots` interleaved conversations each keep their history cached.
+
+    A prompt goes to the cache it continues: the one sharing the longest prefix with it, if that
+    prefix is at least half of what the cache holds (a new conversation that only shares the
+    chat template's opening or a system prompt must not evict another conversation). Otherwise it
+    takes an unused cache, else the least recently used one (keeping whatever prefix that shares).
+    """
 
     def __init__(self, make: Callable[[], Session], slots: int = 1):
         self._make = make
@@ -83,13 +88,10 @@ class SessionPool:
         if reuse:
             for s in self.sessions:
                 n = s.shared_prefix(ids)
-                if n > best_n:
+                if n > best_n and 2 * n >= len(s.tokens):
                     best, best_n = s, n
         if best is None:
-            if len(self.sessions) < self.slots:
-                best = self._make()
-            else:
-                best = self.sessions[0]
+            best = self._make() if len(self.sessions) < self.slots else self.sessions[0]
         if best in self.sessions:
             self.sessions.remove(best)
         self.sessions.append(best)

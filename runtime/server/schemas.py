@@ -167,8 +167,10 @@ def chat_request(body: dict, cfg: ServerConfig) -> ChatRequest:
 
 def completion_request(body: dict, cfg: ServerConfig) -> CompletionRequest:
     """A validated /v1/completions request (prompt: a string, [string], or [token ids])."""
-    for name in ("suffix", "echo", "best_of"):
-        if body.get(name) not in (None, False, 1, ""):
+    best_of = body.get("best_of")
+    for name, used in (("suffix", bool(body.get("suffix"))), ("echo", body.get("echo") not in (None, False)),
+                       ("best_of", best_of is not None and (isinstance(best_of, bool) or best_of != 1))):
+        if used:
             raise bad(f"'{name}' is not supported by this server", name)
     p = body.get("prompt", "")
     if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):

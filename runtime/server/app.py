@@ -53,10 +53,11 @@ async def _page(request: Request) -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
 
 
-def build_app(model, cfg: ServerConfig | None = None) -> Starlette:
-    """A Starlette app serving `model` (an edgeslim Model) with the limits in `cfg`."""
+def build_app(model, cfg: ServerConfig | None = None, on_start=None) -> Starlette:
+    """A Starlette app serving `model` (an edgeslim Model) with the limits in `cfg`; on_start runs once
+    in the generation thread (see Scheduler)."""
     cfg = cfg or ServerConfig()
-    sched = Scheduler(model, cfg.max_queue, cfg.max_per_client)
+    sched = Scheduler(model, cfg.max_queue, cfg.max_per_client, on_start)
     table = [
         Route("/health", routes.health, methods=["GET"]),
         Route("/v1/models", routes.list_models, methods=["GET"]),

@@ -34,6 +34,9 @@ def add_args(p) -> None:
                    help="context per request (KV cache size); default min(model context, 4096)")
     p.add_argument("--kv-dtype", default="float16", choices=("float16", "float32"))
     p.add_argument("--batch", type=int, default=512, metavar="N", help="prompt tokens per batched forward")
+    p.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for the numba kernels (default: all cores; on a busy machine or for a small "
+                        "model fewer can be much faster)")
     p.add_argument("--cache-slots", type=int, default=1, metavar="N",
                    help="conversations whose KV cache is kept for prefix reuse (each costs one --ctx cache; "
                         "default 1: the last conversation)")
@@ -80,6 +83,8 @@ def config_from(args) -> ServerConfig:
         raise InputError(f"--timeout {args.timeout} must be a positive number of seconds")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port {args.port} is not a port number (0-65535)")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads {args.threads} must be at least 1")
     name = args.name or Path(args.model).name.removesuffix(".gguf")
     return ServerConfig(model_name=name, api_key=args.api_key or None, max_body_bytes=parse_size(args.max_body),
                         max_messages=args.max_messages, default_max_tokens=args.max_tokens, max_queue=args.queue,
@@ -131,6 +136,19 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _thread_setup(threads: int | None, backend: str):
+    """What the generation thread runs first: numba's thread count is per calling thread."""
+    if threads is None or backend != "numba":
+        return None
+
+    def setup() -> None:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+    return setup
+
+
 def _require_stack() -> None:
     try:
         import starlette  # noqa: F401
@@ -153,7 +171,7 @@ def run(args) -> int:
     sock = bind(args.host, args.port)
     try:
         model = load_model(args)
-        app = build_app(model, cfg)
+        app = build_app(model, cfg, _thread_setup(args.threads, model.backend))
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         note(f"edgeslim serve: {model.hparams.arch} model {cfg.model_name!r}, backend {model.backend}, context "

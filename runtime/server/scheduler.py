@@ -56,8 +56,11 @@ class Job:
 class Scheduler:
     """Round-robin queue over clients, bounded, served by one daemon thread."""
 
-    def __init__(self, model, max_queue: int = 16, max_per_client: int = 16):
+    def __init__(self, model, max_queue: int = 16, max_per_client: int = 16, on_start=None):
+        """on_start: called once in the generation thread before the first job (thread-local settings,
+        e.g. numba's thread count)."""
         self.model = model
+        self._on_start = on_start
         self.max_queue, self.max_per_client = max(0, max_queue), max(1, max_per_client)
         self._cond = threading.Condition()
         self._queues: OrderedDict[str, deque[Job]] = OrderedDict()  # clients in round-robin order
@@ -133,6 +136,8 @@ class Scheduler:
 
     # -- worker -------------------------------------------------------------------------
     def _loop(self) -> None:
+        if self._on_start is not None:
+            self._on_start()
         while True:
             job = self._take()
             if job is None:

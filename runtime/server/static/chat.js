@@ -76,7 +76,7 @@ async function send(text) {
       const delta = ev.choices && ev.choices[0] && ev.choices[0].delta;
       if (delta && delta.content) {
         reply += delta.content;
-        out.textContent = reply;
+        out.textContent = reply.trimStart();
         out.scrollIntoView({block: "end"});
       }
     });
@@ -91,7 +91,7 @@ async function send(text) {
     controller = null;
     setBusy(false);
   }
-  history.push({role: "user", content: text}, {role: "assistant", content: reply});
+  history.push({role: "user", content: text}, {role: "assistant", content: reply.trim()});
 }
 
 $("composer").addEventListener("submit", (e) => {

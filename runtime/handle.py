@@ -83,15 +83,20 @@ class SessionPool:
         self.slots = max(1, int(slots))
         self.sessions: list[Session] = []  # least recently used first
 
-    def pick(self, ids: Sequence[int], reuse: bool) -> Session:
+    def pick(self, ids: Sequence[int], reuse: bool, busy=()) -> Session:
+        """The cache for prompt `ids` (never one in `busy`: caches of generations still running)."""
+        free = [s for s in self.sessions if s not in busy]
         best, best_n = None, 0
         if reuse:
-            for s in self.sessions:
+            for s in free:
                 n = s.shared_prefix(ids)
                 if n > best_n and 2 * n >= len(s.tokens):
                     best, best_n = s, n
         if best is None:
-            best = self._make() if len(self.sessions) < self.slots else self.sessions[0]
+            if len(self.sessions) < self.slots or not free:
+                best = self._make()
+            else:
+                best = free[0]
         if best in self.sessions:
             self.sessions.remove(best)
         self.sessions.append(best)

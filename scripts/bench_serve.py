@@ -59,13 +59,14 @@ def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300
     raise RuntimeError(f"server not ready after {timeout}s: {log.read_text()[-2000:]}")
 
 
-def start(kind: str, model: Path, ctx: int, threads: int, workdir: Path) -> tuple[subprocess.Popen, str]:
-    """Start one server; returns (process, base URL)."""
+def start(kind: str, model: Path, ctx: int, threads: int, workdir: Path, parallel: int = 1
+          ) -> tuple[subprocess.Popen, str]:
+    """Start one server; returns (process, base URL). parallel: edgeslim's --parallel."""
     port = free_port()
     log = workdir / f"{kind}.log"
     if kind == "edgeslim":
         cmd = [sys.executable, "-m", "edgeslim.cli", "serve", str(model), "--port", str(port), "--ctx", str(ctx),
-               "--queue", "256", "--threads", str(threads)]
+               "--queue", "256", "--threads", str(threads), "--parallel", str(parallel)]
     else:
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
                "--port", str(port), "--n_ctx", str(ctx), "--n_threads", str(threads),
@@ -122,8 +123,8 @@ def run_load(base: str, clients: int, requests: int, max_tokens: int) -> dict:
             "ttft_p90_ms": 1e3 * ttfts[min(len(ttfts) - 1, int(0.9 * len(ttfts)))]}
 
 
-def bench(kind: str, model: Path, args, workdir: Path) -> list[dict]:
-    proc, base = start(kind, model, args.ctx, args.threads, workdir)
+def bench(kind: str, model: Path, args, workdir: Path, parallel: int = 1) -> list[dict]:
+    proc, base = start(kind, model, args.ctx, args.threads, workdir, parallel)
     try:
         one_request(base, PROMPTS[0], args.max_tokens)  # warm-up (JIT, caches)
         return [run_load(base, c, args.requests, args.max_tokens) for c in args.clients]
@@ -179,6 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                     help="CPU threads for both servers (default: half the cores, llama-cpp-python's default)")
+    ap.add_argument("--parallel", type=int, nargs="+", default=[1, 4],
+                    help="edgeslim --parallel values to measure (batched decode); one table each")
     ap.add_argument("--no-peer", action="store_true", help="measure edgeslim only")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args(argv)
@@ -186,19 +189,22 @@ def main(argv=None) -> int:
         workdir = Path(tmp)
         model = args.model or demo_model(workdir)
         why = "--no-peer" if args.no_peer else peer_available()
-        ours = bench("edgeslim", model, args, workdir)
+        ours = {n: bench("edgeslim", model, args, workdir, n) for n in args.parallel}
         peer = None if why else bench("llamacpp", model, args, workdir)
     print(f"model {model.name}, {args.requests} streamed chat requests per client, max_tokens {args.max_tokens}, "
           f"greedy, ctx {args.ctx}, {args.threads} threads each, {os.cpu_count()} CPUs")
-    print(table(ours, peer))
-    for name, runs in (("edgeslim", ours), ("llama.cpp", peer or [])):
+    for n, runs in ours.items():
+        print(f"\nedgeslim serve --parallel {n}" + (" vs llama_cpp.server (one request at a time)" if peer else ""))
+        print(table(runs, peer))
+    for name, runs in [(f"edgeslim --parallel {n}", r) for n, r in ours.items()] + [("llama.cpp", peer or [])]:
         for r in runs:
             if r["empty"]:
                 print(f"{name} at {r['clients']} clients: {r['empty']} replies had no content (not counted)")
     if why:
         print(f"llama.cpp's server not measured: {why}")
     if args.json:
-        args.json.write_text(json.dumps({"edgeslim": ours, "llamacpp": peer}, indent=1))
+        args.json.write_text(json.dumps({"edgeslim": {f"parallel_{n}": r for n, r in ours.items()},
+                                         "llamacpp": peer}, indent=1))
     return 0
 
 

@@ -11,6 +11,10 @@ bounded by two numbers measured here on the numba backend:
            attention over a short context) against B single-token forwards, on a GGUF
            (default: the demo model converted to Q8_0). B separate sequences would also
            need B separate attention calls, so this is an upper bound on the gain.
+  decoder  what the server does: B greedy generations of --tokens tokens each, through
+           runtime/batch.BatchDecoder with max_batch=B (one batched forward per step,
+           per-sequence attention, sampling, stop rules) against max_batch=1 (one after
+           another); per generated token, prefill included.
 
     python scripts/probe_batched_decode.py                      # demo model + 2048x2048 / 4096x4096 matrices
     python scripts/probe_batched_decode.py --model m.gguf --batches 1 4 16
@@ -83,6 +87,32 @@ def probe_model(path: Path, batches, repeats: int) -> list[dict]:
     return out
 
 
+def probe_decoder(path: Path, batches, repeats: int, n_tokens: int) -> list[dict]:
+    import edgeslim
+    from edgeslim.runtime.batch import BatchDecoder
+    from edgeslim.runtime.sampling import SamplingParams
+
+    model = edgeslim.load(path, backend="numba", n_ctx=256)
+    greedy = SamplingParams(temperature=0)
+    prompts = [model.tokenize(f"Once upon a time there was a {w}") for w in
+               ("cat", "dog", "bird", "boy", "girl", "tree", "ball", "car", "boat", "fish", "sun", "moon",
+                "king", "frog", "bear", "cake")]
+    out = []
+    for b in batches:
+        def run(max_batch: int) -> None:
+            bd = BatchDecoder(model, max_batch)
+            todo = [prompts[i % len(prompts)] for i in range(b)]
+            while todo or bd.active:
+                while todo and len(bd.active) < max_batch:
+                    bd.add(todo.pop(), n_tokens, greedy, [], lambda: None)
+                bd.step()
+
+        one = _median_s(lambda: run(1), repeats) / (b * n_tokens)
+        many = _median_s(lambda: run(b), repeats) / (b * n_tokens)
+        out.append({"case": f"decoder {path.name}", "B": b, "one_ms": one * 1e3, "batched_ms": many * 1e3})
+    return out
+
+
 def demo_model(workdir: Path) -> Path:
     import edgeslim
     from edgeslim.demo import DEMO_DIR
@@ -99,6 +129,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", nargs="+", default=["2048x2048", "4096x4096"], help="matmul shapes ROWSxCOLS")
     ap.add_argument("--types", nargs="+", default=["Q4_K", "Q8_0"])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=32, help="tokens per generation in the decoder case")
     args = ap.parse_args(argv)
     rows = []
     for shape in args.shapes:
@@ -108,6 +139,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or demo_model(Path(tmp))
         rows += probe_model(path, args.batches, args.repeats)
+        rows += probe_decoder(path, args.batches, args.repeats, args.tokens)
     print(f"{'case':<28} {'B':>3} {'one at a time ms/tok':>21} {'batched ms/tok':>15} {'ratio':>6}")
     for r in rows:
         print(f"{r['case']:<28} {r['B']:>3} {r['one_ms']:>21.3f} {r['batched_ms']:>15.3f} "

@@ -190,7 +190,7 @@ def _long_stream(base, user=None, n_events=3):
 
 
 def test_full_queue_answers_503_then_serves_again(demo_gguf, tmp_path):
-    srv = start_server(demo_gguf, tmp_path / "q.log", "--backend", "numpy", "--queue", "1")
+    srv = start_server(demo_gguf, tmp_path / "q.log", "--backend", "numpy", "--queue", "1", "--parallel", "1")
     try:
         results = []
 
@@ -222,7 +222,8 @@ def test_full_queue_answers_503_then_serves_again(demo_gguf, tmp_path):
 
 
 def test_one_client_over_its_share_gets_429_others_still_served(demo_gguf, tmp_path):
-    srv = start_server(demo_gguf, tmp_path / "pc.log", "--backend", "numpy", "--queue", "8", "--per-client", "1")
+    srv = start_server(demo_gguf, tmp_path / "pc.log", "--backend", "numpy", "--queue", "8", "--per-client", "1",
+                       "--parallel", "1")
     try:
         socks = [_long_stream(srv.base, user="greedy")[0]]  # runs
         socks.append(sse_request(srv.base, "/v1/completions", {"prompt": "Once", "max_tokens": 400, "stream": True,

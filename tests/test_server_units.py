@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,25 +23,35 @@ from edgeslim.runtime.server.scheduler import Job, Scheduler  # noqa: E402
 from edgeslim.runtime.server.schemas import chat_request, completion_request, parse_json  # noqa: E402
 
 
-class FakeGen:
-    def __init__(self, name, log, gate):
-        self.name, self.log, self.gate = name, log, gate
-        self.stats = GenerationStats(finish_reason="length")
+class FakeDecoder:
+    """Stands in for runtime.batch.BatchDecoder: records which prompts ran in which step; steps wait on
+    the model's gate."""
 
-    def __iter__(self):
-        self.gate.wait(10)
-        self.log.append(self.name)
-        yield self.name
+    def __init__(self, model, max_batch):
+        self.model, self.max_batch, self.active = model, max_batch, []
+
+    def add(self, ids, max_tokens, params, stops, should_stop, owner=None):
+        s = SimpleNamespace(owner=owner, name=ids[0], stats=GenerationStats(finish_reason="length"))
+        self.active.append(s)
+        return s
+
+    def step(self):
+        self.model.gate.wait(10)
+        self.model.log.append([s.name for s in self.active])
+        out = [(s, s.name, True) for s in self.active]
+        self.active = []
+        return out
 
 
 class FakeModel:
-    """Records the order in which prompts run; the first run waits on `gate`."""
+    """Records the prompts of each step; steps wait on `gate`."""
 
     def __init__(self):
         self.log, self.gate = [], threading.Event()
 
-    def stream(self, ids, max_tokens, **kw):
-        return FakeGen(ids[0], self.log, self.gate)
+
+def _sched(model, **kw) -> Scheduler:
+    return Scheduler(model, make_decoder=FakeDecoder, **kw)
 
 
 def _job(loop, name, client, deadline=60.0):
@@ -50,10 +61,10 @@ def _job(loop, name, client, deadline=60.0):
 def test_queue_is_round_robin_over_clients():
     loop = asyncio.new_event_loop()
     model = FakeModel()
-    sched = Scheduler(model, max_queue=10, max_per_client=10)
+    sched = _sched(model, max_queue=10, max_per_client=10)
     try:
         sched.submit(_job(loop, "a0", "alice"))  # starts at once, held by the gate
-        while sched.running is None:
+        while not sched.running:
             time.sleep(0.01)
         for name, client in [("a1", "alice"), ("a2", "alice"), ("a3", "alice"), ("b1", "bob"), ("c1", "carol"),
                              ("b2", "bob")]:
@@ -61,7 +72,7 @@ def test_queue_is_round_robin_over_clients():
         model.gate.set()
         while len(model.log) < 7:
             time.sleep(0.01)
-        assert model.log == ["a0", "a1", "b1", "c1", "a2", "b2", "a3"]
+        assert model.log == [["a0"], ["a1"], ["b1"], ["c1"], ["a2"], ["b2"], ["a3"]]
     finally:
         sched.close()
         loop.close()
@@ -70,10 +81,10 @@ def test_queue_is_round_robin_over_clients():
 def test_queue_limits_and_withdraw():
     loop = asyncio.new_event_loop()
     model = FakeModel()
-    sched = Scheduler(model, max_queue=2, max_per_client=1)
+    sched = _sched(model, max_queue=2, max_per_client=1)
     try:
         sched.submit(_job(loop, "run", "x"))
-        while sched.running is None:
+        while not sched.running:
             time.sleep(0.01)
         waiting = _job(loop, "w1", "alice")
         sched.submit(waiting)
@@ -90,7 +101,26 @@ def test_queue_limits_and_withdraw():
         model.gate.set()
         while len(model.log) < 3:
             time.sleep(0.01)
-        assert model.log == ["run", "w3", "w5"]
+        assert model.log == [["run"], ["w3"], ["w5"]]
+    finally:
+        sched.close()
+        loop.close()
+
+
+def test_jobs_are_batched_up_to_max_batch_round_robin():
+    loop = asyncio.new_event_loop()
+    model = FakeModel()
+    sched = _sched(model, max_queue=10, max_per_client=10, max_batch=3)
+    try:
+        sched.submit(_job(loop, "a0", "alice"))
+        while not sched.running:
+            time.sleep(0.01)
+        for name, client in [("a1", "alice"), ("a2", "alice"), ("b1", "bob"), ("c1", "carol"), ("b2", "bob")]:
+            sched.submit(_job(loop, name, client))
+        model.gate.set()
+        while sum(map(len, model.log)) < 6:
+            time.sleep(0.01)
+        assert model.log == [["a0"], ["a1", "b1", "c1"], ["a2", "b2"]]
     finally:
         sched.close()
         loop.close()
@@ -153,3 +183,24 @@ def test_runtime_imports_without_the_serve_extra():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip() == "edgeslim: edgeslim serve needs starlette and uvicorn: pip install 'edgeslim[serve]'"
+
+
+def test_parallel_is_lowered_to_what_fits(monkeypatch, capsys):
+    from types import SimpleNamespace as NS
+
+    import edgeslim.fit_check as fc
+    from edgeslim.errors import FitError
+    from edgeslim.runtime.server import cli
+
+    def fake_fit(path, target, ctx, backend="auto", cache_slots=1):
+        return NS(fits=cache_slots <= limit, fit=NS(ctx=512, total_bytes=1, weights_bytes=1, kv_bytes=1,
+                                                    target=NS(usable_bytes=1)))
+
+    monkeypatch.setattr(fc, "fit", fake_fit)
+    limit = 2
+    args = NS(model="m.gguf", ctx=512, backend="numba", kv_dtype="float16", cache_slots=1, parallel=4)
+    assert cli.check_fits(args) == 2 and args.parallel == 2 and args.cache_slots == 1
+    assert "--parallel 2" in capsys.readouterr().err
+    limit = 0
+    with pytest.raises(FitError, match="available"):
+        cli.check_fits(NS(model="m.gguf", ctx=512, backend="numba", kv_dtype="float16", cache_slots=1, parallel=4))

@@ -57,7 +57,7 @@ def build_app(model, cfg: ServerConfig | None = None, on_start=None) -> Starlett
     """A Starlette app serving `model` (an edgeslim Model) with the limits in `cfg`; on_start runs once
     in the generation thread (see Scheduler)."""
     cfg = cfg or ServerConfig()
-    sched = Scheduler(model, cfg.max_queue, cfg.max_per_client, on_start)
+    sched = Scheduler(model, cfg.max_queue, cfg.max_per_client, on_start, cfg.max_batch)
     table = [
         Route("/health", routes.health, methods=["GET"]),
         Route("/v1/models", routes.list_models, methods=["GET"]),

@@ -41,6 +41,9 @@ def add_args(p) -> None:
                    help="conversations whose KV cache is kept for prefix reuse (each costs one --ctx cache; "
                         "default 1: the last conversation)")
     d = ServerConfig()
+    p.add_argument("-np", "--parallel", type=int, default=d.max_batch, metavar="N",
+                   help=f"requests generated together, one batched forward per token (each holds its own --ctx "
+                        f"cache, allocated when used; lowered to what fits memory; default {d.max_batch})")
     p.add_argument("--queue", type=int, default=d.max_queue, metavar="N",
                    help=f"requests that may wait while one generates; more get 503 (default {d.max_queue})")
     p.add_argument("--per-client", type=int, default=None, metavar="N",
@@ -76,6 +79,7 @@ def config_from(args) -> ServerConfig:
     """ServerConfig from parsed flags, range-checked."""
     for flag, value, lo in (("--queue", args.queue, 0), ("--max-messages", args.max_messages, 1),
                             ("--max-tokens", args.max_tokens, 1), ("--cache-slots", args.cache_slots, 1),
+                            ("--parallel", args.parallel, 1),
                             ("--per-client", args.per_client or 1, 1)):
         if value < lo:
             raise InputError(f"{flag} {value} must be at least {lo}")
@@ -89,21 +93,32 @@ def config_from(args) -> ServerConfig:
     return ServerConfig(model_name=name, api_key=args.api_key or None, max_body_bytes=parse_size(args.max_body),
                         max_messages=args.max_messages, default_max_tokens=args.max_tokens, max_queue=args.queue,
                         max_per_client=args.per_client or max(1, args.queue), timeout_s=args.timeout,
+                        max_batch=args.parallel,
                         page=not args.no_page)
 
 
-def check_fits(args) -> None:
-    """FitError when weights + KV caches + overhead exceed the memory available now."""
+def check_fits(args) -> int:
+    """How many KV caches fit the memory available now (at most max(--cache-slots, --parallel));
+    FitError when not even one does. --parallel and --cache-slots are lowered to that (with a note)."""
     from ...fit_check import fit
 
-    ans = fit(args.model, None, args.ctx, backend=args.backend,
-              cache_slots=args.cache_slots * (2 if args.kv_dtype == "float32" else 1))
+    want = max(args.cache_slots, args.parallel)
+    per = 2 if args.kv_dtype == "float32" else 1
+    for n in range(want, 0, -1):
+        ans = fit(args.model, None, args.ctx, backend=args.backend, cache_slots=n * per)
+        if ans.fits:
+            break
     if not ans.fits:
         f = ans.fit
         raise FitError(f"{args.model} needs {_gib(f.total_bytes)} (weights {_gib(f.weights_bytes)} + KV cache "
-                       f"{_gib(f.kv_bytes)} for {args.cache_slots} x ctx {f.ctx} + overhead) but this machine has "
-                       f"{_gib(f.target.usable_bytes)} available; use a smaller --ctx or --cache-slots, a smaller "
-                       "model, or --skip-fit-check")
+                       f"{_gib(f.kv_bytes)} at ctx {f.ctx} + overhead) but this machine has "
+                       f"{_gib(f.target.usable_bytes)} available; use a smaller --ctx, a smaller model, "
+                       "or --skip-fit-check")
+    if n < want:
+        args.parallel, args.cache_slots = min(args.parallel, n), min(args.cache_slots, n)
+        note(f"edgeslim serve: note: memory for {n} KV cache(s) of ctx {ans.fit.ctx}, not {want}: --parallel "
+             f"{args.parallel}, --cache-slots {args.cache_slots}")
+    return n
 
 
 def _gib(n: int) -> str:
@@ -164,10 +179,11 @@ def run(args) -> int:
     from ..loader import open_model
     from .app import build_app
 
-    cfg = config_from(args)
+    config_from(args)  # flag errors first
     open_model(args.model).gguf.close()  # a GGUF model runnable here, checked before anything else
     if not args.skip_fit_check:
         check_fits(args)
+    cfg = config_from(args)
     sock = bind(args.host, args.port)
     try:
         model = load_model(args)

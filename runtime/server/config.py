@@ -16,7 +16,8 @@ class ServerConfig:
     max_messages: int = 512  # 400 above this
     max_stop: int = 4  # stop strings per request, as OpenAI
     default_max_tokens: int = 512  # when a request gives none (capped by the context left)
-    max_queue: int = 16  # waiting requests (not counting the running one); 503 when full
+    max_batch: int = 4  # generations decoded together, one batched forward per step (--parallel)
+    max_queue: int = 16  # waiting requests (not counting running ones); 503 when full
     max_per_client: int = 16  # waiting requests of one client; 429 above (<= max_queue to matter)
     timeout_s: float = 300.0  # per request, queue wait + generation; generation ends "length" there
     page: bool = True  # serve the chat page at /

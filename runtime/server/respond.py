@@ -72,6 +72,8 @@ class JobResponse:
         try:
             return await asyncio.wait_for(self.job.events.get(), timeout=max(left, 0.001))
         except asyncio.TimeoutError:
+            if self.job.state != "queued":  # admitted (its prompt is being read): its own time limit ends it
+                return await self.job.events.get()
             self.sched.withdraw(self.job)
             return "error", APIError(503, "the request timed out waiting in the queue; retry later",
                                      code="queue_timeout", headers={"Retry-After": "2"})

@@ -65,8 +65,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def health(request: Request) -> JSONResponse:
     st = state(request)
-    return JSONResponse({"status": "ok", "model": st.cfg.model_name, "busy": st.sched.running is not None,
-                         "waiting": st.sched.waiting, **st.sched.counts})
+    return JSONResponse({"status": "ok", "model": st.cfg.model_name, "busy": bool(st.sched.running),
+                         "running": len(st.sched.running), "waiting": st.sched.waiting, **st.sched.counts})
 
 
 def _model_card(st: ServeState) -> dict:

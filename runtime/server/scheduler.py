@@ -1,18 +1,18 @@
 """The fair, bounded queue of generation jobs and the one thread that runs them.
 
-    sched = Scheduler(model, max_queue=16, max_per_client=16)
+    sched = Scheduler(model, max_queue=16, max_per_client=16, max_batch=4)
     job = Job(ids, max_tokens, params, stops, client="alice", deadline=now + 300, loop=loop)
     sched.submit(job)          # APIError 503 (queue full) / 429 (this client's share) otherwise
     ev = await job.events.get()   # ("start", None), ("text", str)..., ("done", stats) | ("error", exc)
     sched.withdraw(job)        # the client went away: drop it from the queue / stop it within a token
 
 Fairness: each client (request `user`, else API key, else peer address) has its own
-FIFO; the worker serves clients round robin, so a client with ten queued requests does
-not delay another client's single one by ten generations.
+FIFO; the worker admits jobs round robin over clients, so a client with ten queued
+requests does not delay another client's single one by ten generations.
 
-Why one generation at a time: batched decode across requests was measured on the
-numba backend and was not faster (see docs/architecture.md and scripts/bench_serve.py);
-so requests wait their turn, with a bounded queue and a clear 503.
+The worker thread admits up to `max_batch` jobs at once (`edgeslim serve --parallel`):
+each is prefilled alone, then all running jobs advance one token per step in one batched
+forward (runtime/batch.py). Up to max_queue more wait; beyond that, 503 with Retry-After.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from ...errors import EdgeslimError
+from ..batch import BatchDecoder
 from ..sampling import SamplingParams
 from .errors import APIError
 
@@ -56,16 +57,20 @@ class Job:
 class Scheduler:
     """Round-robin queue over clients, bounded, served by one daemon thread."""
 
-    def __init__(self, model, max_queue: int = 16, max_per_client: int = 16, on_start=None):
-        """on_start: called once in the generation thread before the first job (thread-local settings,
-        e.g. numba's thread count)."""
+    def __init__(self, model, max_queue: int = 16, max_per_client: int = 16, on_start=None, max_batch: int = 1,
+                 make_decoder=BatchDecoder):
+        """max_batch: generations decoded together (runtime/batch.py); on_start: called once in the
+        generation thread before the first job (thread-local settings, e.g. numba's thread count);
+        make_decoder(model, max_batch): the batch decoder (tests pass a fake)."""
         self.model = model
+        self._make_decoder = make_decoder
+        self.max_batch = max(1, int(max_batch))
         self._on_start = on_start
         self.max_queue, self.max_per_client = max(0, max_queue), max(1, max_per_client)
         self._cond = threading.Condition()
         self._queues: OrderedDict[str, deque[Job]] = OrderedDict()  # clients in round-robin order
         self._waiting = 0
-        self.running: Job | None = None
+        self.running: set[Job] = set()
         self.counts = {"served": 0, "cancelled": 0, "generated_tokens": 0}
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="edgeslim-generate", daemon=True)
@@ -76,7 +81,7 @@ class Scheduler:
         """Queue a job, or raise APIError 503 / 429 when there is no room."""
         with self._cond:
             mine = self._queues.get(job.client)
-            if self._waiting >= self.max_queue and (self.running is not None or self._waiting > 0):
+            if self._waiting >= self.max_queue and (self.running or self._waiting > 0):
                 raise APIError(503, f"the server is busy: {self._waiting} requests are waiting (queue limit "
                                     f"{self.max_queue}); retry in a few seconds", code="queue_full",
                                headers={"Retry-After": "2"})
@@ -105,21 +110,23 @@ class Scheduler:
     def waiting(self) -> int:
         return self._waiting
 
-    def _take(self) -> Job | None:
+    def _take(self, n: int, wait: bool) -> list[Job]:
+        """Up to n queued jobs, round robin over clients; with wait, block until there is one (or closed)."""
         with self._cond:
-            while not self._closed and self._waiting == 0:
+            while wait and not self._closed and self._waiting == 0:
                 self._cond.wait()
-            if self._closed:
-                return None
-            client, q = next(iter(self._queues.items()))
-            job = q.popleft()
-            del self._queues[client]
-            if q:  # back of the line for this client's next job
-                self._queues[client] = q
-            self._waiting -= 1
-            job.state = "running"
-            self.running = job
-            return job
+            jobs = []
+            while len(jobs) < n and self._waiting and not self._closed:
+                client, q = next(iter(self._queues.items()))
+                job = q.popleft()
+                del self._queues[client]
+                if q:  # back of the line for this client's next job
+                    self._queues[client] = q
+                self._waiting -= 1
+                job.state = "running"
+                self.running.add(job)
+                jobs.append(job)
+            return jobs
 
     def close(self) -> None:
         with self._cond:
@@ -131,44 +138,69 @@ class Scheduler:
             self._queues.clear()
             self._waiting = 0
             self._cond.notify_all()
-        if self.running is not None:
-            self.running.cancel.set()
+        for job in list(self.running):
+            job.cancel.set()
 
     # -- worker -------------------------------------------------------------------------
     def _loop(self) -> None:
         if self._on_start is not None:
             self._on_start()
-        while True:
-            job = self._take()
-            if job is None:
-                return
-            try:
-                self._run(job)
-            except EdgeslimError as err:  # e.g. the prompt plus output overflow a rule we missed
-                job.emit("error", APIError(400, str(err)))
-            except Exception as err:  # a bug: log it, answer 500, keep serving
-                log.exception("generation failed")
-                job.emit("error", APIError(500, f"internal error during generation: {err.__class__.__name__}"))
-            finally:
-                job.state = "done"
-                self.running = None
-                self.counts["served"] += 1
+        bd = self._make_decoder(self.model, self.max_batch)
+        while not self._closed:
+            for job in self._take(self.max_batch - len(bd.active), wait=not bd.active):
+                self._admit(bd, job)
+            if bd.active and not self._closed:
+                self._step(bd)
 
-    def _run(self, job: Job) -> None:
-        left = job.deadline - time.monotonic()
+    def _admit(self, bd: BatchDecoder, job: Job) -> None:
+        """Prefill a job into the batch, or answer it now (gone, timed out, bad input)."""
         if job.cancel.is_set():
-            return
-        if left <= 0:
+            return self._end(job)
+        if time.monotonic() >= job.deadline:
             job.emit("error", APIError(503, "the request timed out waiting in the queue; retry later",
                                        code="queue_timeout", headers={"Retry-After": "2"}))
+            return self._end(job)
+        try:
+            bd.add(job.ids, job.max_tokens, job.params, job.stops, lambda: _why_stop(job), owner=job)
+            job.emit("start")
+        except EdgeslimError as err:  # e.g. a prompt the model cannot take
+            job.emit("error", APIError(400, str(err)))
+            self._end(job)
+        except Exception as err:  # a bug: log it, answer 500, keep serving
+            log.exception("prefill failed")
+            job.emit("error", APIError(500, f"internal error during generation: {err.__class__.__name__}"))
+            self._end(job)
+
+    def _step(self, bd: BatchDecoder) -> None:
+        try:
+            results = bd.step()
+        except Exception as err:  # a bug: every running job gets a 500, the server goes on
+            log.exception("decode step failed")
+            for s in bd.active:
+                s.owner.emit("error", APIError(500, f"internal error during generation: {err.__class__.__name__}"))
+                self._end(s.owner)
+            bd.active.clear()
             return
-        p = job.params
-        gen = self.model.stream(job.ids, job.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-                                min_p=p.min_p, repeat_penalty=p.repeat_penalty, repeat_last_n=p.repeat_last_n,
-                                seed=p.seed, stop=job.stops, cancel=job.cancel, time_limit=left, reuse_prefix=True)
-        job.emit("start")
-        for piece in gen:
-            job.emit("text", piece)
-        self.counts["generated_tokens"] += gen.stats.generated_tokens
-        self.counts["cancelled"] += gen.stats.finish_reason == "cancelled"
-        job.emit("done", gen.stats)
+        for stream, text, finished in results:
+            job = stream.owner
+            if text:
+                job.emit("text", text)
+            if finished:
+                self.counts["generated_tokens"] += stream.stats.generated_tokens
+                self.counts["cancelled"] += stream.stats.finish_reason == "cancelled"
+                job.emit("done", stream.stats)
+                self._end(job)
+
+    def _end(self, job: Job) -> None:
+        job.state = "done"
+        self.running.discard(job)
+        self.counts["served"] += 1
+
+
+def _why_stop(job: Job) -> str | None:
+    """A running job's should_stop: the client left, or its time is up."""
+    if job.cancel.is_set():
+        return "cancelled"
+    if time.monotonic() >= job.deadline:
+        return "time_limit"
+    return None

@@ -14,9 +14,9 @@ the rest of the runtime imports without them.
     cli.py        argument parsing and the checks done before binding (file, memory, port)
     static/       the chat page served at / (no external resources)
 
-One generation runs at a time (the model's lock); the worker thread takes jobs
-round robin over clients (`user` field, else the API key, else the peer address), so one
-busy client cannot starve another. Batched decode across requests was measured and
-not adopted (see docs/architecture.md): a queue with a bounded length answers 503
-(or 429 for one client over its share) when full.
+The generation thread decodes up to `--parallel` requests together (runtime/batch.py:
+one batched forward per token, per-request attention and sampling) and admits waiting
+requests round robin over clients (`user` field, else the API key, else the peer
+address), so one busy client cannot starve another; a queue with a bounded length
+answers 503 (or 429 for one client over its share) when full.
 """

@@ -158,7 +158,8 @@ def demo_model(workdir: Path) -> Path:
 def table(ours: list[dict], peer: list[dict] | None) -> str:
     head = f"{'clients':>7} {'edgeslim req/s':>14} {'TTFT p50 ms':>11} {'TTFT p90 ms':>11} {'chunks/s':>9}"
     if peer:
-        head += f" | {'llama.cpp req/s':>15} {'TTFT p50 ms':>11} {'chunks/s':>9} | {'req/s ratio':>11} {'TTFT ratio':>10}"
+        head += (f" | {'llama.cpp req/s':>15} {'TTFT p50 ms':>11} {'chunks/s':>9} | {'req/s ratio':>11} "
+                 f"{'TTFT ratio':>10}")
     lines = [head]
     for i, a in enumerate(ours):
         line = (f"{a['clients']:>7} {a['req_per_s']:>14.2f} {a['ttft_p50_ms']:>11.1f} {a['ttft_p90_ms']:>11.1f} "

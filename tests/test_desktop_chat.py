@@ -43,8 +43,8 @@ class App:
 
     def __init__(self, model: Path, disp: str):
         self.env = dict(os.environ, DISPLAY=disp)
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "desktop_chat.py"), str(model), "--trace"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env)
+        cmd = [sys.executable, str(REPO / "examples" / "desktop_chat.py"), str(model), "--trace"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env)
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [self.lines.put(x.strip()) for x in self.proc.stdout], daemon=True).start()
 

@@ -189,8 +189,14 @@ def quant_info(name: str) -> QuantInfo:
     aff = parse_affine(key)
     if aff:
         return affine_info(*aff)
-    known = ", ".join(GGML_WRITABLE) + ", AFFINE{2,3,4,5,6,8}_G{32,64}"
-    raise ValueError(f"unknown quant type {name!r}: use one of {known}")
+    raise ValueError(f"unknown quant type {name!r}: use one of {writable_types_text()}")
+
+
+def writable_types_text() -> str:
+    """The type names the converter writes, for help texts and errors (from GGML_WRITABLE and the affine
+    bits and groups, so that help and accepted values cannot disagree)."""
+    bits, groups = ",".join(map(str, AFFINE_BITS)), ",".join(map(str, AFFINE_GROUPS))
+    return ", ".join(GGML_WRITABLE) + f", AFFINE{{{bits}}}_G{{{groups}}}"
 
 
 # ---------------------------------------------------------------------------

@@ -168,3 +168,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present beside the checkout")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def demo_gguf(tmp_path_factory) -> Path:
+    """The bundled demo model converted to Q8_0 once per session (needs no torch: safetensors in,
+    one type for every matrix)."""
+    from edgeslim.convert.pipeline import convert
+    from edgeslim.demo import DEMO_DIR
+
+    out = tmp_path_factory.mktemp("demo") / "demo-q8_0.gguf"
+    convert(str(DEMO_DIR), out, quant="Q8_0", progress=False)
+    return out

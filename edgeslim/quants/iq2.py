@@ -174,3 +174,7 @@ def decode_s(raw: np.ndarray) -> np.ndarray:
     """(B, 82) uint8 -> (B, 256) float32, bit-exact with gguf-py."""
     l, idx, neg = unpack_s(raw)
     return _values(raw[:, :2], l, GRID_S, idx, neg, 16)
+
+
+# type -> (search spec, pack(d, l, idx, neg)): what vector GPTQ (convert/gptq_vq.py) needs
+LATTICES = {"IQ2_XXS": (XXS, pack_xxs), "IQ2_XS": (XS, pack_xs), "IQ2_S": (S, pack_s)}  # for vector GPTQ

@@ -120,3 +120,7 @@ def decode_s(raw: np.ndarray) -> np.ndarray:
     l, idx, neg = unpack_s(raw)
     db = (fp16_from_bytes(raw[:, :2]) * (1 + 2 * l).astype(np.float32))[:, :, None]
     return (db * _grid_values(GRID_S, idx) * _signs(neg)).reshape(-1, QK_K)
+
+
+# type -> (search spec, pack(d, l, idx, neg)): what vector GPTQ (convert/gptq_vq.py) needs
+LATTICES = {"IQ3_XXS": (XXS, pack_xxs), "IQ3_S": (S, pack_s)}  # for vector GPTQ

@@ -78,6 +78,10 @@ class Lattice:
     def dim(self) -> int:
         return self.grid.shape[1]
 
+    def scale(self, d: np.ndarray, l: np.ndarray) -> np.ndarray:
+        """Sub-block scale as the decoders compute it: (d * (0.5 + l)) * 2 mult, float32."""
+        return (d * (np.float32(0.5) + np.asarray(l, np.float32))).astype(np.float32) * np.float32(2 * self.mult)
+
     @property
     def flat_level(self) -> float:
         """The smallest value v with (v, ..., v) on the grid (for nearly constant sub-blocks)."""
@@ -175,6 +179,25 @@ class _Tables:
         fc = self.flip_cand[slots]  # (n, N_FLIP)
         cost = self.WA[slots[:, None], fc] * self.G[g[:, None], fc]
         return fc[np.arange(len(slots)), cost.argmin(axis=1)]
+
+
+def nearest(spec: Lattice, x: np.ndarray, w: np.ndarray, e: np.ndarray):
+    """Best grid points for one group of 8 weights per row at a given scale (vector GPTQ's rounding step).
+
+    x, w: (n, 8) weights and their error weights; e: (n,) scales.  Returns idx (n, 8 // D),
+    neg (n, 8) bool (parity rule applied), q (n, 8) float32 = e * grid * sign (the decoded values).
+    """
+    n, D = x.shape[0], spec.dim
+    t = _Tables(spec, np.abs(x), w, x < 0)
+    g, _, _, flip = t.assign(np.repeat(np.asarray(e, np.float32), 8 // D))
+    neg = (x < 0).reshape(-1, D)
+    if spec.parity:
+        rows = np.nonzero(flip)[0]
+        if len(rows):
+            neg[rows, t.flip_index(rows, g[rows])] ^= True
+    sign = np.where(neg, np.float32(-1), np.float32(1)).reshape(n, 8)
+    q = (np.asarray(e, np.float32)[:, None] * t.G[g].reshape(n, 8)) * sign
+    return g.reshape(n, -1), neg.reshape(n, 8), q
 
 
 def _sub_sums(v: np.ndarray, b: int, S: int) -> np.ndarray:

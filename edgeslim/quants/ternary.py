@@ -70,6 +70,16 @@ def pack_tq2(d: np.ndarray, code: np.ndarray) -> np.ndarray:
     return np.concatenate([qs, fp16_bytes(d)], axis=1)
 
 
+def unpack_params_tq2(raw: np.ndarray) -> np.ndarray:
+    """(B, 66) -> d (B,) float32."""
+    return fp16_from_bytes(raw[:, 64:66])[:, 0]
+
+
+def unpack_params_tq1(raw: np.ndarray) -> np.ndarray:
+    """(B, 54) -> d (B,) float32."""
+    return fp16_from_bytes(raw[:, 52:54])[:, 0]
+
+
 def decode_tq2(raw: np.ndarray) -> np.ndarray:
     """(B, 66) uint8 -> (B, 256) float32: d * (code - 1)."""
     q = raw[:, :64].reshape(-1, 2, 1, 32) >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)

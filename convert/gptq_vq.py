@@ -1,4 +1,4 @@
-"""Vector GPTQ into llama.cpp's lattice types (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S).
+"""Vector GPTQ into llama.cpp's lattice types (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M).
 
     gptq_lattice(w (rows, cols), U, dead, imp, qtype, block_cols=128) -> QTensor
 
@@ -20,7 +20,8 @@ metric (`lattice.nearest`: exact weighted search over the whole grid, signs
 from the weights, the parity flip where the type needs one).  The super-block
 scale d and the 4-bit sub-scales are fixed when GPTQ reaches a super-block's
 first column, by the type's own search (`lattice.search`, importance-weighted)
-on the error-updated weights, as gptq.py does for the scalar types.
+on the error-updated weights, as gptq.py does for the scalar types (IQ1_S's
+per-sub-block delta sign is fixed with them).
 
 Cost: per group of 8 columns one brute-force assignment (rows x grid points x
 8 multiply-adds for the two score tables, one pass for the argmin), so about
@@ -31,11 +32,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeslim.quants import QTensor, iq2, iq3
+from edgeslim.quants import QTensor, iq1, iq2, iq3
 from edgeslim.quants.lattice import Lattice, nearest, search
 from edgeslim.tables import QK_K, quant_info
 
-LATTICES = {**iq2.LATTICES, **iq3.LATTICES}  # type -> (search spec, pack)
+LATTICES = {**iq2.LATTICES, **iq3.LATTICES, **iq1.LATTICES}  # type -> (search spec, pack)
 UNIT = 8  # columns quantized jointly (one sign group)
 
 
@@ -81,6 +82,7 @@ class _State:
         self.idx = np.zeros((cols // spec.dim, rows), np.int32)
         self.neg = np.zeros((cols, rows), bool)
         self.scales = None  # (rows, S) of the current super-block
+        self.half = None  # (rows, S) IQ1_S: each sub-block's delta sign, fixed with its scales
         self._k = 0  # index of the next super-block
 
     def fit_block(self, xt: np.ndarray, imp: np.ndarray | None) -> None:
@@ -90,13 +92,17 @@ class _State:
         k = self._k
         self.d[k], self.l[k] = c.d, c.l
         self.scales = self.spec.scale(c.d[:, None], c.l)
+        if self.spec.shared_delta:
+            half = c.idx.reshape(len(c.d), self.l.shape[2], -1)[:, :, 0] >= len(self.spec.grid)
+            self.half = half.astype(np.intp)
         self._k += 1
 
     def round(self, xt: np.ndarray, j: int, metric: np.ndarray) -> np.ndarray:
         """Lattice points for columns j..j+7 (xt (8, rows)); returns their decoded values (8, rows)."""
-        e = self.scales[:, (j % QK_K) // self.spec.sub]
+        s = (j % QK_K) // self.spec.sub
         x = np.ascontiguousarray(xt.T)  # (rows, 8)
-        g, neg, q = nearest(self.spec, x, np.broadcast_to(metric, x.shape), e)
+        half = None if self.half is None else self.half[:, s]
+        g, neg, q = nearest(self.spec, x, np.broadcast_to(metric, x.shape), self.scales[:, s], half)
         D = self.spec.dim
         self.idx[j // D:(j + UNIT) // D] = g.T
         self.neg[j:j + UNIT] = neg.T

@@ -115,7 +115,7 @@ def test_q8_0_with_importance_never_worse_than_ggml_rule():
 
 
 # grids without an exact 0 (IQ4's table, the lattices' magnitudes): rows mixing 0 and -1.5 cannot be exact
-NO_EXACT_ZERO = ("IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_S", "IQ2_XS", "IQ2_XXS")
+NO_EXACT_ZERO = ("IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S")
 
 
 @pytest.mark.parametrize("qtype", QUANTIZED)

@@ -67,7 +67,7 @@ def test_bytes_identical_to_llamacpp(qtype, case):
 
 K_TYPES = ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K"]
 ZOO_TYPES = ["Q5_1", "Q5_0", "Q4_1", "Q4_0", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_S", "IQ2_XS",
-             "IQ2_XXS", "TQ2_0", "TQ1_0"]
+             "IQ2_XXS", "IQ1_M", "IQ1_S", "TQ2_0", "TQ1_0"]
 NEEDS_IMATRIX = ("IQ2_XXS", "IQ2_XS", "IQ1_S")  # llama.cpp aborts the process without one
 
 

@@ -22,8 +22,8 @@ FP16_AT = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "TQ1_0": 
 MAX_REL_RMS = {
     "Q5_1": (0.039, 0.050), "Q5_0": (0.046, 0.074), "Q4_1": (0.080, 0.105), "Q4_0": (0.092, 0.145),
     "IQ4_NL": (0.084, 0.113), "IQ4_XS": (0.085, 0.115), "IQ3_S": (0.15, 0.19), "IQ3_XXS": (0.20, 0.24),
-    "IQ2_S": (0.27, 0.37), "IQ2_XS": (0.33, 0.39), "IQ2_XXS": (0.38, 0.46), "TQ2_0": (0.50, 0.70),
-    "TQ1_0": (0.50, 0.70),
+    "IQ2_S": (0.27, 0.37), "IQ2_XS": (0.33, 0.39), "IQ2_XXS": (0.38, 0.46), "IQ1_M": (0.48, 0.53),
+    "IQ1_S": (0.51, 0.63), "TQ2_0": (0.50, 0.70), "TQ1_0": (0.50, 0.70),
 }
 
 
@@ -104,6 +104,15 @@ def test_round_trip_error_bound(qtype, kind):
     w = _weights(kind)
     err = _rel_rms(w, Q.dequantize(Q.quantize(w, qtype)))
     assert err <= MAX_REL_RMS[qtype][kind == "t3"], f"{qtype} on {kind}: relative RMS {err:.5f}"
+
+
+def test_iq1_s_keeps_one_delta_per_sub_block():
+    """IQ1_S's search picks the delta sign per sub-block of 32; IQ1_M's per group of 8 may differ."""
+    w = _weights("t3", rows=4, cols=512, seed=6)
+    raw = Q.quantize(w, "IQ1_M").data.reshape(-1, 56)
+    assert iq1.unpack_m(raw)[3].reshape(-1, 8, 4).std(-1).any()  # mixed signs inside sub-blocks of 32
+    raw = Q.quantize(w, "IQ1_S").data.reshape(-1, 50)
+    assert iq1.unpack_s(raw)[2].any() and not iq1.unpack_s(raw)[2].all()
 
 
 def test_lattice_parity_signs_are_even():

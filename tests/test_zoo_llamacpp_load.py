@@ -15,7 +15,7 @@ from edgeslim.convert.pipeline import convert
 from test_convert import read_weights, rebuilt_logits, reference, rel
 
 ZOO = ["Q5_1", "Q5_0", "Q4_1", "Q4_0", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_S", "IQ2_XS", "IQ2_XXS",
-       "TQ2_0", "TQ1_0"]
+       "IQ1_M", "IQ1_S", "TQ2_0", "TQ1_0"]
 
 
 @pytest.mark.slow

@@ -54,8 +54,8 @@ _GGML = {
     "IQ3_S": (iq3.encode_s, iq3.decode_s),
     "TQ1_0": (ternary.encode_tq1, ternary.decode_tq1),
     "TQ2_0": (ternary.encode_tq2, ternary.decode_tq2),
-    "IQ1_S": (None, iq1.decode_s),
-    "IQ1_M": (None, iq1.decode_m),
+    "IQ1_S": (iq1.encode_s, iq1.decode_s),
+    "IQ1_M": (iq1.encode_m, iq1.decode_m),
 }
 assert {n for n, (enc, _) in _GGML.items() if enc} == set(GGML_WRITABLE)
 assert set(_GGML) == set(GGML_READABLE)

@@ -8,6 +8,9 @@ Each 8 weights are one point of an 8-dimensional grid with values {-1, 0, 1}
     GRID: (2048, 8) int8 in {-1, 0, 1}       (from gguf-py)
     DELTA = 0.125
 
+The search is `lattice.py`'s with the delta folded into the points searched
+([GRID + DELTA; GRID - DELTA]); IQ1_S keeps one delta sign per sub-block.
+
 IQ1_S, 50 bytes (1.56 bpw): one l (3 bits) and one delta sign per 32 weights
     byte  0 ..  1   d (fp16)
     byte  2 .. 33   qs[32]       low 8 bits of idx of group g
@@ -28,12 +31,16 @@ import numpy as np
 
 from ..tables import QK_K
 from ._common import fp16_bytes, fp16_from_bytes
-from .lattice import gguf_grid
+from .lattice import Lattice, gguf_grid, search
 
 GRID = gguf_grid(gguf.quants.IQ1_S)  # (2048, 8) int8 in {-1, 0, 1}
 DELTA = float(gguf.quants.IQ1_S.delta)  # 0.125
 S_BYTES = 50
 M_BYTES = 56
+HALF = GRID.shape[0]  # search index >= HALF: the point shifted by -DELTA
+
+S = Lattice(GRID, sub=32, mult=1.0, parity=False, lmax=7, signed=True, delta=DELTA, shared_delta=True)
+M = Lattice(GRID, sub=16, mult=1.0, parity=False, lmax=7, signed=True, delta=DELTA)
 
 
 def _delta(neg: np.ndarray) -> np.ndarray:
@@ -59,6 +66,17 @@ def unpack_s(raw: np.ndarray):
     hi = (qh[:, :, None] >> (3 * np.arange(4, dtype=np.uint16))) & 7  # (B, 8, 4)
     idx = raw[:, 2:34].astype(np.uint16) | (hi.reshape(B, 32) << 8)
     return (qh >> 12) & 7, idx, (qh >> 15).astype(bool)
+
+
+def pack_search_s(d: np.ndarray, l: np.ndarray, idx: np.ndarray, neg=None) -> np.ndarray:
+    """pack_s from search indices (B, 32) in [0, 2 HALF): the top half means delta < 0 (shared per sub-block)."""
+    return pack_s(d, l, idx % HALF, idx.reshape(-1, 8, 4)[:, :, 0] >= HALF)
+
+
+def encode_s(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """(B, 256) float32 [, weights] -> (B, 50) uint8."""
+    c = search(S, x, w)
+    return pack_search_s(c.d, c.l, c.idx)
 
 
 def decode_s(raw: np.ndarray) -> np.ndarray:
@@ -98,6 +116,17 @@ def unpack_m(raw: np.ndarray):
     return d, l, idx, (nib & 8).astype(bool)
 
 
+def pack_search_m(d: np.ndarray, l: np.ndarray, idx: np.ndarray, neg=None) -> np.ndarray:
+    """pack_m from search indices (B, 32) in [0, 2 HALF): the top half means delta < 0."""
+    return pack_m(d, l, idx % HALF, idx >= HALF)
+
+
+def encode_m(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """(B, 256) float32 [, weights] -> (B, 56) uint8."""
+    c = search(M, x, w)
+    return pack_search_m(c.d, c.l, c.idx)
+
+
 def decode_m(raw: np.ndarray) -> np.ndarray:
     """(B, 56) uint8 -> (B, 256) float32, bit-exact with gguf-py: (d (2 l + 1)) (grid + delta)."""
     d, l, idx, dneg = unpack_m(raw)
@@ -105,3 +134,7 @@ def decode_m(raw: np.ndarray) -> np.ndarray:
     dl = (d[:, None] * (2 * l + 1).astype(np.float32))[:, :, None]  # (B, 16, 1)
     g = GRID.astype(np.float32)[idx] + _delta(dneg)[:, :, None]  # (B, 32, 8)
     return (dl * g.reshape(B, 16, 16)).reshape(B, QK_K)
+
+
+# type -> (search spec, pack(d, l, idx, neg)): what vector GPTQ (convert/gptq_vq.py) needs
+LATTICES = {"IQ1_S": (S, pack_search_s), "IQ1_M": (M, pack_search_m)}

@@ -68,15 +68,24 @@ def gguf_grid(cls) -> np.ndarray:
 class Lattice:
     """What the search needs to know of one lattice type."""
 
-    grid: np.ndarray  # (P, D) int8 magnitudes
+    grid: np.ndarray  # (P, D) int8 magnitudes (signed values when `signed`)
     sub: int  # weights per sub-scale
     mult: float  # sub-block scale = d * mult * (2 l + 1)
     parity: bool  # even number of minus signs per group of 8
     lmax: int = 15
+    signed: bool = False  # the grid holds the signs (IQ1): no sign bits
+    delta: float = 0.0  # IQ1: every grid point is shifted by +delta or -delta (the index's top half: -delta)
+    shared_delta: bool = False  # IQ1_S: one delta sign per sub-block rather than per group
 
     @property
     def dim(self) -> int:
         return self.grid.shape[1]
+
+    @property
+    def values(self) -> np.ndarray:
+        """The points searched, float32 (P', D): the grid, or [grid + delta; grid - delta]."""
+        g = self.grid.astype(np.float32)
+        return np.concatenate([g + np.float32(self.delta), g - np.float32(self.delta)]) if self.delta else g
 
     def scale(self, d: np.ndarray, l: np.ndarray) -> np.ndarray:
         """Sub-block scale as the decoders compute it: (d * (0.5 + l)) * 2 mult, float32."""
@@ -102,7 +111,7 @@ class Codes:
 def search(spec: Lattice, x: np.ndarray, w: np.ndarray | None) -> Codes:
     """(B, 256) float32 weights [, importances (B, 256)] -> Codes (see module doc)."""
     B = x.shape[0]
-    P, D = spec.grid.shape
+    P, D = spec.values.shape
     step = max(1, CHUNK_ELEMS // (P * (QK_K // D)))
     parts = [_search_chunk(spec, x[b:b + step], None if w is None else w[b:b + step]) for b in range(0, B, step)]
     return Codes(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("d", "l", "idx", "neg")))
@@ -112,7 +121,7 @@ class _Tables:
     """Per-chunk cost tables: M1 / M2 (slots, P) and, for 4-wide parity slots, M1 with a flip."""
 
     def __init__(self, spec: Lattice, a: np.ndarray, w: np.ndarray, neg: np.ndarray):
-        G = spec.grid.astype(np.float32)  # (P, D)
+        G = spec.values  # (P, D) float32
         D = spec.dim
         self.spec, self.G = spec, G
         self.A, self.W = a.reshape(-1, D), w.reshape(-1, D)  # (Ns, D)
@@ -129,8 +138,12 @@ class _Tables:
             if D == 8:  # a group is a slot: fold the flip into the odd slots' M1
                 rows = np.nonzero(self.odd)[0]
                 self.M1[rows] -= 2 * self._penalty(rows)
-            else:  # 4-wide slots: the flip may go to either slot of a group; keep both versions
-                self.M1f = self.M1 - 2 * self._penalty(np.arange(len(self.WA)))
+            else:  # 4-wide slots: the flip may go to either slot of an odd group; keep both versions there
+                self.odd_slots = np.nonzero(np.repeat(self.odd, 8 // D))[0]
+                self.odd_pos = np.full(len(self.WA), -1, np.intp)
+                self.odd_pos[self.odd_slots] = np.arange(len(self.odd_slots))
+                self.M1f = self.M1[self.odd_slots] - 2 * self._penalty(self.odd_slots)  # (n_odd, P)
+                self.M2f = self.M2[self.odd_slots]
         self.N1 = -2 * self.M1
         self.N1f = None if self.M1f is None else -2 * self.M1f
         self.C = np.empty_like(self.M1)
@@ -146,16 +159,29 @@ class _Tables:
             pen = v if pen is None else np.minimum(pen, v, out=pen)
         return pen
 
-    def _best(self, M1, N1, e, rows):
-        """argmin_g e M2 - 2 M1 (N1 = -2 M1 precomputed) over the slots `rows` (None: all): g, M1 and M2 at g."""
-        M2 = self.M2 if rows is None else self.M2[rows]
+    def _best(self, M1, N1, e, rows, M2=None):
+        """argmin_g e M2 - 2 M1 (N1 = -2 M1 precomputed) over the rows `rows` of M1 (None: all): g, M1 and M2 at g.
+        M2 defaults to the slots' own (rows of self.M2)."""
+        if M2 is None:
+            M2 = self.M2 if rows is None else self.M2[rows]
         M1, N1 = (M1, N1) if rows is None else (M1[rows], N1[rows])
         C = self.C[:len(M2)]
         np.multiply(M2, e[:, None], out=C)
         C += N1
-        g = C.argmin(axis=1)
+        g = C.argmin(axis=1) if not self.spec.shared_delta else self._shared_half(C)
         r = np.arange(len(g))
         return g, M1[r, g], M2[r, g]
+
+    def _shared_half(self, C: np.ndarray) -> np.ndarray:
+        """IQ1_S: best point per slot within the half (delta sign) that is best for the whole sub-block."""
+        n, P = C.shape
+        h = C.reshape(n, 2, P // 2)
+        g2 = h.argmin(axis=2)  # (n, 2)
+        c2 = np.take_along_axis(h, g2[:, :, None], axis=2)[:, :, 0]  # (n, 2), slot scale >= 0 factored out
+        per_sub = self.spec.sub // self.spec.dim
+        half = (c2.reshape(-1, per_sub, 2).sum(1)[:, 1] < c2.reshape(-1, per_sub, 2).sum(1)[:, 0])
+        half = np.repeat(half, per_sub)
+        return g2[np.arange(n), half.astype(np.intp)] + half * (P // 2)
 
     def assign(self, e: np.ndarray, rows: np.ndarray | None = None):
         """Best grid point of every slot (or of the slots `rows`, whole sign groups) at per-slot scale e:
@@ -167,12 +193,21 @@ class _Tables:
         odd = np.repeat(self.odd, per_group) if rows is None else self.odd[rows // per_group]
         if self.M1f is None:
             return g, m1, m2, odd
-        gf, m1f, m2f = self._best(self.M1f, self.N1f, e, rows)
-        cost, costf = e * (e * m2 - 2 * m1), e * (e * m2f - 2 * m1f)
-        c, cf = cost.reshape(-1, 2), costf.reshape(-1, 2)
+        k = np.nonzero(odd)[0]  # the request's slots in odd groups, in pairs
+        slots = k if rows is None else rows[k]
+        ek = e[k]
+        if rows is None:  # every odd slot, in order: the tables as they are
+            gf, m1f, m2f = self._best(self.M1f, self.N1f, ek, None, self.M2f)
+        else:
+            gf, m1f, m2f = self._best(self.M1f, self.N1f, ek, self.odd_pos[slots], self.M2[slots])
+        c = (ek * (ek * m2[k] - 2 * m1[k])).reshape(-1, 2)
+        cf = (ek * (ek * m2f - 2 * m1f)).reshape(-1, 2)
         first = (cf[:, 0] + c[:, 1]) <= (c[:, 0] + cf[:, 1])  # flip in the pair's first slot
-        flip = (np.stack([first, ~first], axis=1) & odd.reshape(-1, 2)[:, :1]).reshape(-1)
-        return np.where(flip, gf, g), np.where(flip, m1f, m1), np.where(flip, m2f, m2), flip
+        fk = np.stack([first, ~first], axis=1).reshape(-1)
+        flip = np.zeros(len(g), bool)
+        flip[k] = fk
+        g[k], m1[k], m2[k] = np.where(fk, gf, g[k]), np.where(fk, m1f, m1[k]), np.where(fk, m2f, m2[k])
+        return g, m1, m2, flip
 
     def flip_index(self, slots: np.ndarray, g: np.ndarray) -> np.ndarray:
         """For flipped slots (indices) at grid points g, the position (0..D-1) of the weight whose sign flips."""
@@ -181,23 +216,33 @@ class _Tables:
         return fc[np.arange(len(slots)), cost.argmin(axis=1)]
 
 
-def nearest(spec: Lattice, x: np.ndarray, w: np.ndarray, e: np.ndarray):
+def nearest(spec: Lattice, x: np.ndarray, w: np.ndarray, e: np.ndarray, half: np.ndarray | None = None):
     """Best grid points for one group of 8 weights per row at a given scale (vector GPTQ's rounding step).
 
-    x, w: (n, 8) weights and their error weights; e: (n,) scales.  Returns idx (n, 8 // D),
-    neg (n, 8) bool (parity rule applied), q (n, 8) float32 = e * grid * sign (the decoded values).
+    x, w: (n, 8) weights and their error weights; e: (n,) scales; half (n,) in {0, 1}: the
+    delta sign fixed for the row's sub-block (IQ1_S only).  Returns idx (n, 8 // D) search
+    indices, neg (n, 8) bool (parity rule applied), q (n, 8) float32: the decoded values.
     """
     n, D = x.shape[0], spec.dim
-    t = _Tables(spec, np.abs(x), w, x < 0)
-    g, _, _, flip = t.assign(np.repeat(np.asarray(e, np.float32), 8 // D))
+    e = np.asarray(e, np.float32)
+    t = _Tables(spec, x if spec.signed else np.abs(x), w, x < 0)
+    if spec.shared_delta:
+        P2 = t.M1.shape[1] // 2
+        C = t.M2 * e[:, None] + t.N1  # (n, P)
+        g = C.reshape(n, 2, P2)[np.arange(n), half].argmin(axis=1) + half * P2
+        flip = np.zeros(n, bool)
+    else:
+        g, _, _, flip = t.assign(np.repeat(e, 8 // D))
     neg = (x < 0).reshape(-1, D)
     if spec.parity:
         rows = np.nonzero(flip)[0]
         if len(rows):
             neg[rows, t.flip_index(rows, g[rows])] ^= True
+    vals = t.G[g].reshape(n, 8)
+    if spec.signed:
+        return g.reshape(n, -1), np.zeros((n, 8), bool), e[:, None] * vals
     sign = np.where(neg, np.float32(-1), np.float32(1)).reshape(n, 8)
-    q = (np.asarray(e, np.float32)[:, None] * t.G[g].reshape(n, 8)) * sign
-    return g.reshape(n, -1), neg.reshape(n, 8), q
+    return g.reshape(n, -1), neg.reshape(n, 8), (e[:, None] * vals) * sign
 
 
 def _sub_sums(v: np.ndarray, b: int, S: int) -> np.ndarray:
@@ -206,7 +251,7 @@ def _sub_sums(v: np.ndarray, b: int, S: int) -> np.ndarray:
 
 def _search_chunk(spec: Lattice, x: np.ndarray, w: np.ndarray | None) -> Codes:
     b = x.shape[0]
-    a = np.abs(x)
+    a = x if spec.signed else np.abs(x)
     neg = x < 0
     w = np.ones_like(x) if w is None else w
     t = _Tables(spec, a, w, neg)
@@ -220,7 +265,7 @@ def _float_scales(spec: Lattice, t: _Tables, a, w, sxx):
     """Step 1: the best float scale of every sub-block: stats sum M1, sum M2 at its assignment, and the scale."""
     b, S = sxx.shape
     per_sub = spec.sub // spec.dim  # slots per sub-block
-    amax = a.reshape(b, S, -1).max(-1)  # (b, S)
+    amax = np.abs(a).reshape(b, S, -1).max(-1)  # (b, S)
     best = [np.full((b, S), np.inf), np.zeros((b, S)), np.zeros((b, S)), np.zeros((b, S))]  # err, e, sxg, sgg
 
     def trial(e, subs=None):
@@ -236,8 +281,11 @@ def _float_scales(spec: Lattice, t: _Tables, a, w, sxx):
             f[at] = np.where(keep, v, f[at])
         best[:] = [f.reshape(b, S) for f in full]
 
+    gmax = float(np.abs(spec.values).max())
     for k in range(len(T_CANDIDATES) + N_LLOYD):
-        trial(amax / (float(spec.grid.max()) * T_CANDIDATES[k]) if k < len(T_CANDIDATES) else best[1])
+        trial(amax / (gmax * T_CANDIDATES[k]) if k < len(T_CANDIDATES) else best[1])
+    if spec.signed:
+        return best[2], best[3], best[1]
     wa = (w * a).reshape(b, S, -1)
     mean = safe_div(wa.sum(-1), w.reshape(b, S, -1).sum(-1))
     flat = np.nonzero((amax <= FLAT_RATIO * mean).reshape(-1))[0]

@@ -53,6 +53,7 @@ from .search import sym_choose
 F64 = np.float64
 T_CANDIDATES = (0.85, 1.0, 1.2)  # sub-block max |x| -> grid's top value * t
 N_LLOYD = 1
+N_SUPER = 2  # rounds of (fp16 d and sub-scales, re-assignment)
 N_FLIP = 3  # cheapest weights considered for the parity flip of an 8-wide slot
 FLAT_RATIO = 1.5  # a sub-block whose max |x| is below 1.5x its mean |x| also tries the flat candidate
 CHUNK_ELEMS = 1 << 20  # slots * grid points per chunk: the (slots, P) cost tables stay a few MB
@@ -124,13 +125,17 @@ class _Tables:
         G = spec.values  # (P, D) float32
         D = spec.dim
         self.spec, self.G = spec, G
+        same_w = w.ndim == 2 and w.strides[0] == 0  # one weight row for every row (vector GPTQ's metric)
         self.A, self.W = a.reshape(-1, D), w.reshape(-1, D)  # (Ns, D)
         self.WA = self.W * self.A
         # c_einsum, not BLAS: for an inner dimension of 4-8 it is several times faster (and single-threaded);
         # with the grid transposed (contiguous over P) its inner loop vectorizes
         GT = np.ascontiguousarray(G.T)  # (D, P)
         self.M1 = np.einsum("nd,dp->np", self.WA, GT)  # (Ns, P)
-        self.M2 = np.einsum("nd,dp->np", self.W, GT * GT)
+        if same_w:  # the row's slots' M2, repeated
+            self.M2 = np.tile(np.einsum("nd,dp->np", w[0].reshape(-1, D), GT * GT), (w.shape[0], 1))
+        else:
+            self.M2 = np.einsum("nd,dp->np", self.W, GT * GT)
         self.M1f = self.odd = None
         if spec.parity:
             self.odd = (neg.reshape(-1, 8).sum(1) % 2).astype(bool)  # (Ng,)
@@ -303,7 +308,7 @@ def _super_scales(spec: Lattice, t: _Tables, sxx, sxg, sgg, es):
     inits = [ext / qmax * u for u in (1.0, 0.9)]
     total = np.full(b, np.inf)
     out = None
-    for _ in range(2):
+    for _ in range(N_SUPER):
         dm, q = sym_choose(sxg, sgg, sxx, 1, qmax, inits, qround=_odd_round(qmax))
         e = (dm[:, None] * q).astype(np.float32)  # (b, S) sub-block scales
         g, m1, m2, flip = t.assign(np.repeat(e.reshape(-1), per_sub))

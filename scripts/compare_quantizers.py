@@ -1,6 +1,7 @@
 """Print our quantizers' reconstruction error next to llama.cpp's on the same weights, and their speed.
 
     python scripts/compare_quantizers.py [--rows 256] [--cols 4096] [--stories PATH] [--types Q4_0,IQ2_S] [--no-mlx]
+    python scripts/compare_quantizers.py --gptq --rows 1536 --cols 768 [--types ...]   # GPTQ's CPU time per type
 
 Needs llama-cpp-python installed (its libggml-base is called through ctypes, see
 edgeslim/quants/ggml_ref.py) or EDGESLIM_GGML_LIB pointing at a libggml-base.
@@ -68,6 +69,25 @@ def compare_ggml(mats, types):
                       f"{ours / theirs:7.4f} {w.size / max(t1 - t0, 1e-9) / 1e6:9.2f} {t3 - t2:7.2f}", flush=True)
 
 
+def time_gptq(rows: int, cols: int, types) -> None:
+    """CPU seconds of gptq_quantize per type on one (rows, cols) matrix with a correlated Hessian
+    (the factorization, shared by every type, is not counted)."""
+    from edgeslim.convert.gptq import gptq_quantize, prepare_hessian
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2 * cols, cols)) @ (rng.standard_normal((cols, cols)) * np.arange(1, cols + 1) ** -0.7)
+    prep = prepare_hessian((2 * X.T @ X / len(X)).astype(np.float32))
+    w = (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32)
+    print(f"{'type':8s} {'shape':>11s} {'cpu s':>7s} {'Mw/s':>6s}")
+    for qtype in types:
+        if cols % quant_info(qtype).block:
+            continue
+        t0 = time.process_time()
+        gptq_quantize(w, prep, qtype)
+        dt = time.process_time() - t0
+        print(f"{qtype:8s} {f'{rows}x{cols}':>11s} {dt:7.2f} {w.size / dt / 1e6:6.2f}", flush=True)
+
+
 def compare_mlx(mats):
     try:
         import mlx.core as mx
@@ -92,8 +112,12 @@ def main():
     ap.add_argument("--stories", type=Path, default=DEFAULT_STORIES)
     ap.add_argument("--types", default=",".join(TYPES), help="comma-separated ggml types (default: all we write)")
     ap.add_argument("--no-mlx", action="store_true", help="skip the affine comparison with MLX")
+    ap.add_argument("--gptq", action="store_true", help="time GPTQ per type instead (no llama.cpp needed)")
     args = ap.parse_args()
     types = [quant_info(t).name for t in args.types.split(",") if t]
+    if args.gptq:
+        time_gptq(args.rows, args.cols, [t for t in types if t not in ("F32", "F16", "BF16")])
+        return
     mats = matrices(args.rows, args.cols, args.stories)
     if ggml_ref.load() is None:
         print("llama.cpp's ggml library not found (pip install llama-cpp-python): ggml comparison skipped")

@@ -22,6 +22,11 @@ the block's extreme weight on or near the table's ends (-127 or 113), each
 candidate's codes get the weighted least-squares scale, Lloyd steps follow;
 IQ4_NL then refines its fp16 scale, IQ4_XS picks the fp16 super-scale and the
 6-bit sub-scales on per-sub-block statistics as the k-quants do.
+
+Throughput, million weights per CPU-second on one core of this 2-core machine while busy
+(`python scripts/compare_quantizers.py --rows 256 --cols 4096 --no-mlx`, column "ours Mw/s",
+normal / student-t / stories260K weights; GPTQ: `... --gptq --rows 1536 --cols 768`):
+IQ4_NL 11-13, IQ4_XS 10-14; GPTQ 4.1 / 3.2.  Weighted error vs llama.cpp: 0.92-0.97x.
 """
 from __future__ import annotations
 

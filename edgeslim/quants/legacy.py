@@ -19,8 +19,11 @@ asymmetric ones the scale and offset with `search.asym_subblock_fit` (offset of
 either sign); both finish with Lloyd steps on the fp16-rounded values, so the
 (importance-)weighted error of what ggml decodes is what is minimised.
 
-Throughput: `python scripts/compare_quantizers.py --types Q4_0,Q4_1,Q5_0,Q5_1` prints it
-(million weights per CPU-second) next to the error ratios against llama.cpp.
+Throughput, million weights per CPU-second on one core of this 2-core machine while busy
+(`python scripts/compare_quantizers.py --rows 256 --cols 4096 --no-mlx`, column "ours Mw/s",
+normal / student-t / stories260K weights; GPTQ: `... --gptq --rows 1536 --cols 768`):
+Q4_0 17-24, Q4_1 15-24, Q5_0 17-24, Q5_1 15-24; GPTQ 4.4-5.3.  Weighted error vs llama.cpp's own
+quantizer (same importance): 0.86-0.98x.
 """
 from __future__ import annotations
 

@@ -22,6 +22,11 @@ w|x| and w gives the weighted least-squares optimum exactly (d = sum w|x| /
 sum w over the set); d is then rounded to fp16 and the codes re-rounded to it
 (ggml's rule, d = max |x| and the codes rounded, is the k with every
 |x| >= max/2; it is never better).
+
+Throughput, million weights per CPU-second on one core of this 2-core machine while busy
+(`python scripts/compare_quantizers.py --rows 256 --cols 4096 --no-mlx`, column "ours Mw/s",
+normal / student-t / stories260K weights; GPTQ: `... --gptq --rows 1536 --cols 768`):
+TQ1_0 / TQ2_0 22-27; GPTQ 6.  Weighted error vs llama.cpp: 0.53-0.74x.
 """
 from __future__ import annotations
 

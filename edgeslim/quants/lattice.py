@@ -237,26 +237,38 @@ def nearest(spec: Lattice, x: np.ndarray, w: np.ndarray, e: np.ndarray, half: np
     delta sign fixed for the row's sub-block (IQ1_S only).  Returns idx (n, 8 // D) search
     indices, neg (n, 8) bool (parity rule applied), q (n, 8) float32: the decoded values.
     """
-    n, D = x.shape[0], spec.dim
-    e = np.asarray(e, np.float32)
-    t = _Tables(spec, x if spec.signed else np.abs(x), w, x < 0)
-    if spec.shared_delta:
-        P2 = t.M1.shape[1] // 2
-        C = t.M2 * e[:, None] + t.N1  # (n, P)
-        g = C.reshape(n, 2, P2)[np.arange(n), half].argmin(axis=1) + half * P2
-        flip = np.zeros(n, bool)
-    else:
-        g, _, _, flip = t.assign(np.repeat(e, 8 // D))
-    neg = (x < 0).reshape(-1, D)
-    if spec.parity:
-        rows = np.nonzero(flip)[0]
-        if len(rows):
-            neg[rows, t.flip_index(rows, g[rows])] ^= True
-    vals = t.G[g].reshape(n, 8)
-    if spec.signed:
-        return g.reshape(n, -1), np.zeros((n, 8), bool), e[:, None] * vals
-    sign = np.where(neg, np.float32(-1), np.float32(1)).reshape(n, 8)
-    return g.reshape(n, -1), neg.reshape(n, 8), (e[:, None] * vals) * sign
+    return Rounder(spec, x, w).round(e, half)
+
+
+class Rounder:
+    """`nearest` for several scales on the same weights: the score tables are built once."""
+
+    def __init__(self, spec: Lattice, x: np.ndarray, w: np.ndarray):
+        self.spec, self.x = spec, x
+        self.t = _Tables(spec, x if spec.signed else np.abs(x), w, x < 0)
+
+    def round(self, e: np.ndarray, half: np.ndarray | None = None):
+        """(idx, neg, q) at scales e (n,), as `nearest`."""
+        spec, t, x = self.spec, self.t, self.x
+        n, D = x.shape[0], spec.dim
+        e = np.asarray(e, np.float32)
+        if spec.shared_delta:
+            P2 = t.M1.shape[1] // 2
+            C = t.M2 * e[:, None] + t.N1  # (n, P)
+            g = C.reshape(n, 2, P2)[np.arange(n), half].argmin(axis=1) + half * P2
+            flip = np.zeros(n, bool)
+        else:
+            g, _, _, flip = t.assign(np.repeat(e, 8 // D))
+        neg = (x < 0).reshape(-1, D)
+        if spec.parity:
+            rows = np.nonzero(flip)[0]
+            if len(rows):
+                neg[rows, t.flip_index(rows, g[rows])] ^= True
+        vals = t.G[g].reshape(n, 8)
+        if spec.signed:
+            return g.reshape(n, -1), np.zeros((n, 8), bool), e[:, None] * vals
+        sign = np.where(neg, np.float32(-1), np.float32(1)).reshape(n, 8)
+        return g.reshape(n, -1), neg.reshape(n, 8), (e[:, None] * vals) * sign
 
 
 def _sub_sums(v: np.ndarray, b: int, S: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 
 from edgeslim import quants as Q
 from edgeslim.quants import iq1, iq2, iq3, iq4
-from edgeslim.tables import GGML_READABLE, GGML_WRITABLE, quant_info
+from edgeslim.tables import GGML_WRITABLE, quant_info
 
 ZOO = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_S", "IQ2_XS", "IQ2_XXS",
        "IQ1_M", "IQ1_S", "TQ2_0", "TQ1_0"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FormatError, InputError, UnsupportedError
-from ..tables import GGML_READABLE, GGML_WRITABLE, QK_K, parse_affine, quant_info
+from ..tables import GGML_READABLE, GGML_WRITABLE, parse_affine, quant_info
 from . import affine, floats, iq1, iq2, iq3, iq4, legacy, q2_k, q3_k, q4_k, q6_k, q8_0, ternary
 
 __all__ = ["QTensor", "quantize", "dequantize", "dequantize_raw", "row_bytes", "fallback_type"]

@@ -2,8 +2,9 @@
 
 Only 2-D weight matrices take the chosen type; norms, biases and tables stay
 F32 (`tables.is_quantizable`). A matrix whose row length is not a multiple of
-the type's block gets `quants.fallback_type` (K-quant -> Q8_0 -> F16, affine
-G64 -> G32 -> F16), as llama.cpp does, and the plan records why.
+the type's block gets `quants.fallback_type` (as llama.cpp: IQ/Q2_K/Q3_K -> IQ4_NL,
+Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, ternary -> Q4_0, then F16; affine
+G64 -> G32 -> F16), and the plan records why.
 """
 from __future__ import annotations
 

@@ -145,7 +145,11 @@ def block_fields(name: str) -> dict[str, slice]:
 
 
 # Types our converter writes in the ggml family (all have numpy references).
-GGML_WRITABLE = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K")
+GGML_WRITABLE = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K",
+                 "Q5_1", "Q5_0", "Q4_1", "Q4_0", "IQ4_XS", "IQ4_NL", "IQ3_S", "IQ3_XXS",
+                 "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S", "TQ2_0", "TQ1_0")
+# Types the numpy references read (edgeslim.quants.dequantize_raw), bit-exact with gguf-py.
+GGML_READABLE = GGML_WRITABLE
 
 # ---------------------------------------------------------------------------
 # Affine family: MLX's `mx.quantize` layout, stored in GGUF as three legal

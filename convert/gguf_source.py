@@ -17,7 +17,7 @@ from edgeslim.errors import UnsupportedError
 from edgeslim.gguf_file import GGUFFile
 from edgeslim.tables import GGUF_MAGIC, GGMLType, Keys
 
-from .arch import ARCHS
+from edgeslim.arch import RUNTIME
 from .model import SourceModel, TensorSpec
 
 FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
@@ -42,7 +42,7 @@ def open_gguf(path: Path) -> SourceModel:
     arch = f.arch
     if not arch:
         raise UnsupportedError(f"{path} has no general.architecture; it is not a model file")
-    known = sorted({cls.gguf_arch for cls in ARCHS.values()})
+    known = sorted(RUNTIME)
     if arch not in known:
         raise UnsupportedError(f"{path}: architecture {arch!r} is not supported; edgeslim converts "
                                f"{', '.join(known)} GGUF files")

@@ -184,6 +184,10 @@ class Keys:
     ROPE_SCALING_ORIG_CTX = "{arch}.rope.scaling.original_context_length"
     VOCAB_SIZE = "{arch}.vocab_size"
     SLIDING_WINDOW = "{arch}.attention.sliding_window"
+    SLIDING_WINDOW_PATTERN = "{arch}.attention.sliding_window_pattern"  # uint32 period, or bool per layer
+    ROPE_BASE_SWA = "{arch}.rope.freq_base_swa"  # RoPE base of the sliding-window layers
+    ATTN_SCALE = "{arch}.attention.scale"  # query scale (llama.cpp's default: 1/sqrt(head size))
+    FINAL_SOFTCAP = "{arch}.final_logit_softcapping"  # logits = cap * tanh(logits / cap)
 
     TOK_MODEL = "tokenizer.ggml.model"
     TOK_PRE = "tokenizer.ggml.pre"
@@ -241,6 +245,10 @@ class TensorNames:
     FFN_GATE = "blk.{bid}.ffn_gate.weight"
     FFN_UP = "blk.{bid}.ffn_up.weight"
     FFN_DOWN = "blk.{bid}.ffn_down.weight"
+    ATTN_Q_NORM = "blk.{bid}.attn_q_norm.weight"  # per-head RMSNorm of q (Gemma 3), (head_dim,)
+    ATTN_K_NORM = "blk.{bid}.attn_k_norm.weight"
+    ATTN_POST_NORM = "blk.{bid}.post_attention_norm.weight"  # RMSNorm of the attention output (Gemma 3)
+    FFN_POST_NORM = "blk.{bid}.post_ffw_norm.weight"  # RMSNorm of the FFN output (Gemma 3)
     ROPE_FREQS = "rope_freqs.weight"
 
 

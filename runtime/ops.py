@@ -110,7 +110,7 @@ def attention(q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int, scale: f
     G = H // Hkv
     qg = q.reshape(T, Hkv, G, Hd).transpose(1, 2, 0, 3).reshape(Hkv, G * T, Hd)  # (Hkv, G*T, Hd)
     qg = qg * np.float32(1.0 / np.sqrt(Hd) if scale is None else scale)
-    mask = _mask(T, S, start, window, kpos0)
+    mask = attention_mask(T, S, start, window, kpos0)
     if mask is not None:
         mask = np.tile(mask, (G, 1))  # (G*T, S): rows ordered (g, t)
     out = np.empty((Hkv, G * T, Hd), np.float32)
@@ -123,7 +123,7 @@ def attention(q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int, scale: f
     return out.reshape(Hkv, G, T, Hd).transpose(2, 0, 1, 3).reshape(T, H * Hd)  # (T, H*Hd)
 
 
-def _mask(T: int, S: int, start: int, window: int, kpos0: int) -> np.ndarray | None:
+def attention_mask(T: int, S: int, start: int, window: int, kpos0: int) -> np.ndarray | None:
     """(T, S) additive mask: 0 where key position kpos0+s is visible to query start+t, -inf elsewhere;
     None when every key is visible to every query."""
     qpos = start + np.arange(T)[:, None]  # (T, 1)

@@ -661,3 +661,20 @@ def test_gemma3_llama_cpp_agrees(tiny_hf_model, tmp_path):
     tok = load_tokenizer(out)
     for line in sample_text(30, seed=6) + ["Hello  world 3333 's", " leading space", "a\nb\n\nc"]:
         assert llm.tokenize(line.encode(), add_bos=True, special=False) == tok.encode(line), line
+
+
+@pytest.mark.slow
+def test_gemma3_budget_conversion_with_gptq(tiny_hf_model, tmp_path):
+    """A calibrated budget conversion of Gemma 3 (calibration reads the family description,
+    GPTQ rounds on its Hessians): the file runs, close to the original model."""
+    import edgeslim
+    from conftest import GEMMA3
+
+    folder = tiny_hf_model("gemma3", "spm", **GEMMA3)
+    out = tmp_path / "g.gguf"
+    report = convert(str(folder), out, bpw=5.5, calib_tokens=512, progress=False)
+    assert report["gptq"] is True and report["calibration"]["tokens"] > 0
+    assert {n for n in report["rel_out"]} >= {"blk.2.ffn_down.weight", "blk.0.attn_q.weight"}
+    _, ids, ref = reference(folder)
+    got = edgeslim.load(out, backend="numpy", kv_dtype="float32").logits(ids[0].numpy())
+    assert rel(got, ref[0]) < GEMMA3_LOGIT_FACTOR * report["rel_rms_mean"]

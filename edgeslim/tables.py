@@ -241,9 +241,10 @@ class TensorNames:
     ATTN_K_BIAS = "blk.{bid}.attn_k.bias"
     ATTN_V_BIAS = "blk.{bid}.attn_v.bias"
     ATTN_OUT = "blk.{bid}.attn_output.weight"
+    ATTN_QKV = "blk.{bid}.attn_qkv.weight"  # q | k | v rows in one tensor (Phi-3)
     FFN_NORM = "blk.{bid}.ffn_norm.weight"
     FFN_GATE = "blk.{bid}.ffn_gate.weight"
-    FFN_UP = "blk.{bid}.ffn_up.weight"
+    FFN_UP = "blk.{bid}.ffn_up.weight"  # (Phi-3: gate | up rows, 2 * n_ff, and no ffn_gate)
     FFN_DOWN = "blk.{bid}.ffn_down.weight"
     ATTN_Q_NORM = "blk.{bid}.attn_q_norm.weight"  # per-head RMSNorm of q (Gemma 3), (head_dim,)
     ATTN_K_NORM = "blk.{bid}.attn_k_norm.weight"

@@ -226,13 +226,17 @@ def check_tensors(model: ModelFile) -> None:
         "attn_q": (q_out, hp.n_embd), "attn_k": (kv_out, hp.n_embd), "attn_v": (kv_out, hp.n_embd),
         "attn_output": (hp.n_embd, q_out),
         "ffn_gate": (hp.n_ff, hp.n_embd), "ffn_up": (hp.n_ff, hp.n_embd), "ffn_down": (hp.n_embd, hp.n_ff),
+        "attn_qkv": (q_out + 2 * kv_out, hp.n_embd),
         "attn_q_bias": (q_out,), "attn_k_bias": (kv_out,), "attn_v_bias": (kv_out,),
         "attn_q_norm": (hp.head_dim,), "attn_k_norm": (hp.head_dim,),
         "post_attention_norm": (hp.n_embd,), "post_ffw_norm": (hp.n_embd,),
     }
     for bid in range(hp.n_layer):
-        for role, name in model.block(bid).items():
+        roles = model.block(bid)
+        for role, name in roles.items():
             expect[name] = per_role[role]
+        if "ffn_gate" not in roles:  # ffn_up holds gate | up (Phi-3)
+            expect[roles["ffn_up"]] = (2 * hp.n_ff, hp.n_embd)
     if model.has(TensorNames.ROPE_FREQS):
         expect[TensorNames.ROPE_FREQS] = (hp.n_rot // 2,)
     for name, shape in expect.items():

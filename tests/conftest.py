@@ -122,10 +122,11 @@ TOKENIZERS = {
 
 
 def model_config(kind: str, vocab_size: int, **overrides):
-    """A transformers config for a tiny model of `kind` (llama, mistral, qwen2, gemma3)."""
-    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
+    """A transformers config for a tiny model of `kind` (llama, mistral, qwen2, gemma3, phi3)."""
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
-    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "gemma3": Gemma3TextConfig}[kind]
+    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "gemma3": Gemma3TextConfig,
+           "phi3": Phi3Config}[kind]
     kw = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=512, rms_norm_eps=1e-5,
               bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=False)

@@ -69,7 +69,8 @@ def _reference_stats(model, folder, seqs, edit=None):
     ("mistral", "spm", {"sliding_window": 16}),  # window shorter than the sequences
     ("qwen2", "bpe-qwen2", {"use_sliding_window": True, "sliding_window": 16, "max_window_layers": 1}),  # mixed layers
     ("gemma3", "spm", GEMMA3), ("gemma3", "spm", GEMMA3_DEFAULT),  # scaled embedding, per-layer-type RoPE
-], ids=["llama", "qwen2", "mistral", "mistral-window16", "qwen2-mixed-window16", "gemma3", "gemma3-default"])
+    ("phi3", "spm", {"hidden_size": 192, "num_attention_heads": 2, "num_key_value_heads": 2}),  # fused qkv, gate|up
+], ids=["llama", "qwen2", "mistral", "mistral-window16", "qwen2-mixed-window16", "gemma3", "gemma3-default", "phi3"])
 def test_layerwise_hidden_states_equal_full_model(tiny_hf_model, kind, tok, over):
     folder = tiny_hf_model(kind, tok, **over)
     ids = _ids(folder)

@@ -145,7 +145,10 @@ class CPUBackend(Backend):
     def project_qkv(self, w: dict, h: np.ndarray):
         """q (T, H*Hd), k and v (T, Hkv*Hd): biases added, per-head q/k norms applied (before RoPE)."""
         hp = self.hp
-        q, k, v = self.matmul(w["attn_q"], h), self.matmul(w["attn_k"], h), self.matmul(w["attn_v"], h)
+        if "attn_qkv" in w:  # stored fused (Phi-3)
+            q, k, v = np.split(self.matmul(w["attn_qkv"], h), self.qkv_cuts(), axis=1)
+        else:
+            q, k, v = self.matmul(w["attn_q"], h), self.matmul(w["attn_k"], h), self.matmul(w["attn_v"], h)
         if "attn_q_bias" in w:
             q, k, v = q + w["attn_q_bias"], k + w["attn_k_bias"], v + w["attn_v_bias"]
         if "attn_q_norm" in w:
@@ -153,6 +156,11 @@ class CPUBackend(Backend):
             q = self.norm(q.reshape(T * hp.n_head, hp.head_dim), w["attn_q_norm"]).reshape(T, -1)
             k = self.norm(k.reshape(T * hp.n_head_kv, hp.head_dim), w["attn_k_norm"]).reshape(T, -1)
         return q, k, v
+
+    def qkv_cuts(self) -> tuple[int, int]:
+        """Column offsets of k and v in a q | k | v row."""
+        hp = self.hp
+        return hp.n_head * hp.head_dim, (hp.n_head + hp.n_head_kv) * hp.head_dim
 
     def attend(self, bid: int, qkv, cache: KVCache, start: int) -> np.ndarray:
         """RoPE, store k/v at start.., causal (windowed) attention over the cache: (T, H*Hd)."""
@@ -167,4 +175,8 @@ class CPUBackend(Backend):
 
     def ffn_act(self, w: dict, h: np.ndarray) -> np.ndarray:
         """act(h W_gate^T) * (h W_up^T): (T, F); act is the family's (SiLU, GELU-tanh)."""
-        return ACTIVATIONS[self.model.arch.activation](self.matmul(w["ffn_gate"], h), self.matmul(w["ffn_up"], h))
+        act = ACTIVATIONS[self.model.arch.activation]
+        if "ffn_gate" not in w:  # ffn_up holds gate | up (Phi-3)
+            gu = self.matmul(w["ffn_up"], h)  # (T, 2F)
+            return act(gu[:, :gu.shape[1] // 2], gu[:, gu.shape[1] // 2:])
+        return act(self.matmul(w["ffn_gate"], h), self.matmul(w["ffn_up"], h))

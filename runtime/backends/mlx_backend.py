@@ -343,7 +343,12 @@ class MLXBackend(Backend):
         """q (1, H, T, Hd), k and v (1, Hkv, T, Hd): biases, per-head q/k norms, RoPE."""
         hp = self.hp
         T = h.shape[1]
-        q, k, v = w["attn_q"](h), w["attn_k"](h), w["attn_v"](h)  # (1, T, H*Hd), (1, T, Hkv*Hd) x2
+        if "attn_qkv" in w:  # stored fused (Phi-3)
+            qkv = w["attn_qkv"](h)  # (1, T, (H + 2*Hkv)*Hd)
+            n_q, n_kv = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+            q, k, v = qkv[..., :n_q], qkv[..., n_q:n_q + n_kv], qkv[..., n_q + n_kv:]
+        else:
+            q, k, v = w["attn_q"](h), w["attn_k"](h), w["attn_v"](h)  # (1, T, H*Hd), (1, T, Hkv*Hd) x2
         if "attn_q_bias" in w:
             q, k, v = q + w["attn_q_bias"], k + w["attn_k_bias"], v + w["attn_v_bias"]
         q = q.reshape(1, T, hp.n_head, hp.head_dim)
@@ -381,7 +386,11 @@ class MLXBackend(Backend):
             a = mx.fast.rms_norm(a, w["post_attention_norm"], hp.rms_eps)
         x = x + a
         h = mx.fast.rms_norm(x, w["ffn_norm"], hp.rms_eps)
-        f = w["ffn_down"](self.act(w["ffn_gate"](h), w["ffn_up"](h)))  # (1, T, D)
+        if "ffn_gate" in w:
+            f = w["ffn_down"](self.act(w["ffn_gate"](h), w["ffn_up"](h)))  # (1, T, D)
+        else:  # ffn_up holds gate | up (Phi-3)
+            gu = w["ffn_up"](h)  # (1, T, 2F)
+            f = w["ffn_down"](self.act(gu[..., :hp.n_ff], gu[..., hp.n_ff:]))
         if "post_ffw_norm" in w:
             f = mx.fast.rms_norm(f, w["post_ffw_norm"], hp.rms_eps)
         return x + f

@@ -128,16 +128,16 @@ class NumbaBackend(CPUBackend):
     def attend(self, bid: int, qkv: np.ndarray, cache, start: int) -> np.ndarray:
         hp = self.hp
         if qkv.shape[0] > ATTN_T_MAX or cache.dtype != np.float16:
-            cuts = (hp.n_head * hp.head_dim, (hp.n_head + hp.n_head_kv) * hp.head_dim)
-            return super().attend(bid, np.split(qkv, cuts, axis=1), cache, start)
+            return super().attend(bid, np.split(qkv, self.qkv_cuts(), axis=1), cache, start)
         rope = self.rope_for(bid)
         return cpu_ops.attend_f16(qkv, hp.n_head, rope.cos, rope.sin, self.model.arch.rope_neox,
                                   cache.k16[bid], cache.v16[bid], start, hp.scale, hp.window(bid), cache.ring(bid))
 
     def ffn_act(self, w: dict, h: np.ndarray) -> np.ndarray:
-        if GATE_UP not in w:
+        fused = GATE_UP if GATE_UP in w else "ffn_up" if "ffn_gate" not in w else None  # (Phi-3 stores it fused)
+        if fused is None:
             return super().ffn_act(w, h)
-        return HALVES[self.model.arch.activation](self.matmul(w[GATE_UP], h))  # (T, 2F) -> (T, F)
+        return HALVES[self.model.arch.activation](self.matmul(w[fused], h))  # (T, 2F) -> (T, F)
 
     def matmul(self, w, x: np.ndarray) -> np.ndarray:
         return kernels.linear(w, np.ascontiguousarray(x, dtype=np.float32))  # (T, rows)

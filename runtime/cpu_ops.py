@@ -197,6 +197,18 @@ def _roped(qkv, col0, n, hd, cos, sin, start, neox):
     return out
 
 
+@njit(inline="always")
+def _store_f16(kc, vc, k, qkv, v0, start, ring):
+    """k (T, Hkv, Hd) and the v columns v0.. of qkv as fp16 bits into slots start+t (or (start+t) % ring)."""
+    T, Hkv, Hd = k.shape
+    for t in range(T):
+        slot = start + t if ring == 0 else (start + t) % ring
+        for h in range(Hkv):
+            for d in range(Hd):
+                kc[h, d, slot] = _f2h(k[t, h, d])
+                vc[h, slot, d] = _f2h(qkv[t, v0 + h * Hd + d])
+
+
 def _attend(qkv, n_head, cos, sin, neox, kc, vc, start, scale, window, ring):
     """RoPE + fp16 cache store + causal grouped-query attention, in one call.
 
@@ -214,13 +226,7 @@ def _attend(qkv, n_head, cos, sin, neox, kc, vc, start, scale, window, ring):
     G = H // Hkv
     q = _roped(qkv, 0, H, Hd, cos, sin, start, neox)  # (T, H, Hd)
     k = _roped(qkv, H * Hd, Hkv, Hd, cos, sin, start, neox)  # (T, Hkv, Hd)
-    v0 = (H + Hkv) * Hd
-    for t in range(T):
-        slot = start + t if ring == 0 else (start + t) % ring
-        for h in range(Hkv):
-            for d in range(Hd):
-                kc[h, d, slot] = _f2h(k[t, h, d])
-                vc[h, slot, d] = _f2h(qkv[t, v0 + h * Hd + d])
+    _store_f16(kc, vc, k, qkv, (H + Hkv) * Hd, start, ring)
     last = start + T - 1
     n_slots = last + 1 if ring == 0 else min(ring, last + 1)
     scale = np.float32(scale)

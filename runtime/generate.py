@@ -80,6 +80,7 @@ class Session:
         while n < limit and self.tokens[n] == ids[n]:
             n += 1
         self.cache.truncate(n)
+        n = self.cache.pos  # a sliding-window ring may not give that much back (then 0)
         del self.tokens[n:]
         return n
 

@@ -129,6 +129,13 @@ def test_gemma3_sliding_window_ring(tiny_gguf, monkeypatch, backend):
     assert rel_err(np.concatenate(got), full) <= 1e-5
     cache.truncate(30)  # 10 back: more than the ring can give back
     assert cache.pos == 0
+    from edgeslim.runtime.generate import Session
+
+    session = Session(be, 40)
+    session.feed(ids[:30])
+    assert session.keep_prefix(list(ids[:21]) + [1, 2]) == 0 and session.tokens == []  # 9 back: reset
+    session.feed(ids[:30])
+    assert session.keep_prefix(list(ids[:29]) + [1]) == 29 and len(session.tokens) == 29
 
 
 def test_gemma3_numba_fused_ring_matches_numpy(tiny_gguf, monkeypatch):

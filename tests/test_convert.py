@@ -678,3 +678,20 @@ def test_gemma3_budget_conversion_with_gptq(tiny_hf_model, tmp_path):
     _, ids, ref = reference(folder)
     got = edgeslim.load(out, backend="numpy", kv_dtype="float32").logits(ids[0].numpy())
     assert rel(got, ref[0]) < GEMMA3_LOGIT_FACTOR * report["rel_rms_mean"]
+
+
+def test_gemma3_gguf_source(tiny_hf_model, tmp_path):
+    """An F32 Gemma 3 GGUF re-quantizes like the HF folder, its metadata (layer pattern array included) copied."""
+    from conftest import GEMMA3
+
+    folder = tiny_hf_model("gemma3", "spm", **GEMMA3)
+    convert(str(folder), tmp_path / "f32.gguf", quant="F32", progress=False)
+    convert(str(folder), tmp_path / "direct.gguf", quant="Q8_0", progress=False)
+    convert(str(tmp_path / "f32.gguf"), tmp_path / "re.gguf", quant="Q8_0", progress=False)
+    a, b = gguf.GGUFReader(tmp_path / "direct.gguf"), gguf.GGUFReader(tmp_path / "re.gguf")
+    for ta, tb in zip(a.tensors, b.tensors):
+        assert ta.name == tb.name
+        np.testing.assert_array_equal(np.asarray(ta.data), np.asarray(tb.data), err_msg=ta.name)
+    for key in ("gemma3.attention.sliding_window_pattern", "gemma3.rope.freq_base_swa",
+                "gemma3.final_logit_softcapping", Keys.TOK_ADD_SPACE_PREFIX):
+        assert field(a, key) == field(b, key), key

@@ -230,6 +230,10 @@ class Keys:
     ROPE_SCALING_ORIG_CTX = "{arch}.rope.scaling.original_context_length"
     VOCAB_SIZE = "{arch}.vocab_size"
     SLIDING_WINDOW = "{arch}.attention.sliding_window"
+    SLIDING_WINDOW_PATTERN = "{arch}.attention.sliding_window_pattern"  # uint32 period, or bool per layer
+    ROPE_BASE_SWA = "{arch}.rope.freq_base_swa"  # RoPE base of the sliding-window layers
+    ATTN_SCALE = "{arch}.attention.scale"  # query scale (llama.cpp's default: 1/sqrt(head size))
+    FINAL_SOFTCAP = "{arch}.final_logit_softcapping"  # logits = cap * tanh(logits / cap)
 
     TOK_MODEL = "tokenizer.ggml.model"
     TOK_PRE = "tokenizer.ggml.pre"
@@ -283,10 +287,15 @@ class TensorNames:
     ATTN_K_BIAS = "blk.{bid}.attn_k.bias"
     ATTN_V_BIAS = "blk.{bid}.attn_v.bias"
     ATTN_OUT = "blk.{bid}.attn_output.weight"
+    ATTN_QKV = "blk.{bid}.attn_qkv.weight"  # q | k | v rows in one tensor (Phi-3)
     FFN_NORM = "blk.{bid}.ffn_norm.weight"
     FFN_GATE = "blk.{bid}.ffn_gate.weight"
-    FFN_UP = "blk.{bid}.ffn_up.weight"
+    FFN_UP = "blk.{bid}.ffn_up.weight"  # (Phi-3: gate | up rows, 2 * n_ff, and no ffn_gate)
     FFN_DOWN = "blk.{bid}.ffn_down.weight"
+    ATTN_Q_NORM = "blk.{bid}.attn_q_norm.weight"  # per-head RMSNorm of q (Gemma 3), (head_dim,)
+    ATTN_K_NORM = "blk.{bid}.attn_k_norm.weight"
+    ATTN_POST_NORM = "blk.{bid}.post_attention_norm.weight"  # RMSNorm of the attention output (Gemma 3)
+    FFN_POST_NORM = "blk.{bid}.post_ffw_norm.weight"  # RMSNorm of the FFN output (Gemma 3)
     ROPE_FREQS = "rope_freqs.weight"
 
 

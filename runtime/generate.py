@@ -87,6 +87,7 @@ class Session:
         """Keep the cached tokens shared with `ids` (leaving at least one of ids to run); returns the count kept."""
         n = self.shared_prefix(ids)
         self.cache.truncate(n)
+        n = self.cache.pos  # a sliding-window ring may not give that much back (then 0)
         del self.tokens[n:]
         return n
 

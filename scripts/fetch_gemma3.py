@@ -20,9 +20,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from pathlib import Path
 
 from edgeslim.gguf_write import output_mode
-from pathlib import Path
 
 SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 FILE_NAME = "gemma-3-270m-q4_k_m.gguf"

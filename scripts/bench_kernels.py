@@ -29,15 +29,13 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from edgeslim.runtime import kernels as K
-from edgeslim.tables import GGMLType, parse_affine, quant_info
+from edgeslim.tables import GGMLType, block_fields, parse_affine, quant_info
 
 SHAPES = ((2048, 5632), (5632, 2048), (4096, 4096))
 TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "F16", "BF16", "AFFINE4_G64", "AFFINE4_G32",
          "AFFINE8_G64", "AFFINE2_G64", "AFFINE3_G64", "AFFINE5_G64", "AFFINE6_G64")
 STREAM_BYTES = 160 << 20  # total weight bytes cycled through per timing round (> L3)
 
-# byte offsets of the f16 scales inside each ggml block (everything else random)
-_F16_AT = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "Q8_0": (0,)}
 
 
 def random_weight(qtype: str, rows: int, cols: int, rng) -> dict:
@@ -56,9 +54,10 @@ def random_weight(qtype: str, rows: int, cols: int, rng) -> dict:
     info = quant_info(qtype)
     nb = cols // info.block
     raw = rng.integers(0, 256, (rows, nb, info.block_bytes), dtype=np.uint8)
-    for off in _F16_AT[qtype]:
-        d = rng.uniform(-0.01, 0.01, (rows, nb)).astype(np.float16)
-        raw[..., off:off + 2] = d.view(np.uint8).reshape(rows, nb, 2)
+    for name, sl in block_fields(qtype).items():
+        if name in ("d", "dmin", "m"):  # the f16 scales (everything else random)
+            d = rng.uniform(-0.01, 0.01, (rows, nb)).astype(np.float16)
+            raw[..., sl] = d.view(np.uint8).reshape(rows, nb, 2)
     return {"data": raw.reshape(rows, -1)}
 
 

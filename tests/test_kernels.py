@@ -22,19 +22,20 @@ from gguf.quants import dequantize as gguf_dequantize  # noqa: E402
 
 from edgeslim.errors import FormatError, UnsupportedError  # noqa: E402
 from edgeslim.runtime import kernels as K  # noqa: E402
-from edgeslim.tables import GGMLType, parse_affine, quant_info  # noqa: E402
+from edgeslim.tables import GGMLType, block_fields, parse_affine, quant_info  # noqa: E402
 
 KQUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-GGML_QUANT = ("Q8_0",) + KQUANTS
+LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL")  # 32-wide blocks
+GGML_QUANT = LEGACY + KQUANTS
+GGUF_QUANTIZES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")  # gguf.quants.quantize writes these
 FLOATS = ("F16", "BF16", "F32")
 # every code layout and lane/group arrangement once (the rest: test_affine_all, marked slow)
 AFFINE_FAST = ("AFFINE4_G32", "AFFINE4_G64", "AFFINE8_G32", "AFFINE2_G64", "AFFINE3_G32", "AFFINE5_G64",
                "AFFINE6_G32")
 # The batched kernels (T > 1) share the per-type decoding with T == 1 and differ per family and
 # scale structure only, so (to keep cold-cache compile time down) they are checked on these:
-BATCHED = {"Q4_K", "Q6_K", "Q8_0", "AFFINE4_G32", "AFFINE5_G64", "F16"}
+BATCHED = {"Q4_K", "Q6_K", "Q8_0", "Q4_0", "Q5_1", "IQ4_NL", "AFFINE4_G32", "AFFINE5_G64", "F16"}
 AFFINE_ALL = tuple(f"AFFINE{b}_G{g}" for b in (2, 3, 4, 5, 6, 8) for g in (32, 64))
-F16_AT = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "Q8_0": (0,)}
 ROWS, COLS = 24, 512
 
 
@@ -44,9 +45,10 @@ def ggml_raw(qtype, rows, cols, rng):
     info = quant_info(qtype)
     nb = cols // info.block
     raw = rng.integers(0, 256, (rows, nb, info.block_bytes), dtype=np.uint8)
-    for off in F16_AT[qtype]:
-        d = rng.uniform(-0.02, 0.02, (rows, nb)).astype(np.float16)
-        raw[..., off:off + 2] = d.view(np.uint8).reshape(rows, nb, 2)
+    for name, sl in block_fields(qtype).items():
+        if name in ("d", "dmin", "m"):  # the f16 scalars
+            d = rng.uniform(-0.02, 0.02, (rows, nb)).astype(np.float16)
+            raw[..., sl] = d.view(np.uint8).reshape(rows, nb, 2)
     return raw.reshape(rows, -1)
 
 
@@ -195,6 +197,45 @@ def test_q8_0_rows_with_a_partial_block_of_groups():
         check_linear(p, ref, rng)
 
 
+@pytest.mark.parametrize("qtype", LEGACY)
+def test_legacy_rows_with_a_tail(qtype):
+    """32-wide types on rows that are not whole 256-element units (Gemma's 640, odd block counts):
+    the tail blocks run in stored order, the rest interleaved; exact dequantization, int8 accuracy."""
+    rng = np.random.default_rng(13)
+    for rows, cols in ((7, 640), (5, 96), (3, 32)):
+        raw = ggml_raw(qtype, rows, cols, rng)
+        ref = gguf_dequantize(raw, GGMLType[qtype])
+        p = K.prepare(qtype, raw, (rows, cols))
+        np.testing.assert_array_equal(K.dequantize(p), ref)
+        np.testing.assert_array_equal(K.embed_rows(p, [rows - 1, 0]), ref[[rows - 1, 0]])
+        check_linear(p, ref, rng, Ts=(1, 3) if qtype in BATCHED else (1,))
+
+
+def test_repack_in_row_chunks(monkeypatch):
+    """Repacks that expand codes run over row chunks (bounded temporaries) with the same result."""
+    rng = np.random.default_rng(15)
+    raw = ggml_raw("Q5_1", 9, 640, rng)
+    whole = K.prepare("Q5_1", raw, (9, 640))
+    monkeypatch.setattr(K.planes, "CHUNK_WEIGHTS", 2 * 640)
+    chunked = K.prepare("Q5_1", raw, (9, 640))
+    for a, b in zip(whole.planes, chunked.planes):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("qtype", GGUF_QUANTIZES)
+def test_gguf_quantized_weights(qtype):
+    """Real quantized bytes (gguf.quants.quantize of normal weights), as llama-quantize writes them."""
+    rng = np.random.default_rng(14)
+    w = (rng.standard_normal((16, 512)) * 0.02).astype(np.float32)
+    raw = gguf.quants.quantize(w, GGMLType[qtype])
+    ref = gguf_dequantize(raw, GGMLType[qtype])
+    p = K.prepare(qtype, raw, w.shape)
+    np.testing.assert_array_equal(K.dequantize(p), ref)
+    x = rng.standard_normal((1, 512)).astype(np.float32)
+    y = K.linear(p, x)
+    assert np.linalg.norm(y - x @ ref.T) / np.linalg.norm(x @ ref.T) < 0.01
+
+
 def test_affine_matches_mlx():
     mx = pytest.importorskip("mlx.core")
     rng = np.random.default_rng(8)
@@ -209,16 +250,18 @@ def test_affine_matches_mlx():
 
 
 # ----------------------------------------------------------------------------- variants, lookups, errors
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q6_K", "AFFINE4_G32"])
+@pytest.mark.parametrize("qtype", GGML_QUANT + ("AFFINE4_G32",))
 def test_portable_variant_is_identical(qtype):
-    """The non-x86 dot steps (widening multiply + pairwise add) compute the same integers."""
+    """The non-x86 steps (widening multiply + pairwise add, select-tree lookups) compute the same
+    integers in the same float order, on a row with a tail where the type has one."""
     rng = np.random.default_rng(9)
+    cols = 288 if quant_info(qtype).block == 32 else COLS
     if qtype.startswith("AFFINE"):
-        kw, _, _ = affine_case(qtype, ROWS, COLS, rng)
-        p = K.prepare(qtype, shape=(ROWS, COLS), **kw)
+        kw, _, _ = affine_case(qtype, 8, cols, rng)
+        p = K.prepare(qtype, shape=(8, cols), **kw)
     else:
-        p = K.prepare(qtype, ggml_raw(qtype, ROWS, COLS, rng), (ROWS, COLS))
-    x = rng.standard_normal((1, COLS)).astype(np.float32)
+        p = K.prepare(qtype, ggml_raw(qtype, 8, cols, rng), (8, cols))
+    x = rng.standard_normal((1, cols)).astype(np.float32)
     np.testing.assert_array_equal(K.linear(p.with_portable(), x), K.linear(p.with_portable(False), x))
 
 
@@ -237,8 +280,8 @@ def test_embed_rows():
 def test_errors_name_the_problem():
     with pytest.raises(FormatError, match="Q4_K"):
         K.prepare("Q4_K", np.zeros(100, np.uint8), (2, 256))
-    with pytest.raises(UnsupportedError):
-        K.prepare("Q4_0", np.zeros(18, np.uint8), (1, 32))
+    with pytest.raises(UnsupportedError, match="Q8_K"):
+        K.prepare("Q8_K", np.zeros(292, np.uint8), (1, 256))
     with pytest.raises(UnsupportedError):
         K.prepare("NOPE", np.zeros(4, np.uint8), (1, 1))
     p = K.prepare("Q8_0", ggml_raw("Q8_0", 2, 64, np.random.default_rng(0)), (2, 64))

@@ -23,8 +23,9 @@ edgeslim/tables.py, its kernel in one family module):
     driver.py   activation quantization, prange mat-vec, tiled BLAS prefill, API
     planes.py   plane formats and numpy repack helpers
     grouped.py  shared body of the per-group-scale families
-    kquant.py   Q2_K..Q6_K          legacy.py  Q8_0 (32-wide ggml blocks)
+    kquant.py   Q2_K..Q6_K          legacy.py  Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL (32-wide)
     affine.py   AFFINE{b}_G{g}      floats.py  F16, BF16, F32
+    grids.py    IQ code tables / lattice grids (one accessor each)
 
 Accuracy: int8 activations give a relative error of about 0.5% of the row's
 dot-product scale (|error| <~ sum_i |w_i x_i| / 254 per block, averaging down);

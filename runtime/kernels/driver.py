@@ -42,7 +42,8 @@ def _quant_x(x, xblk, sgroup, stride, unit, xq, xd, xs):
     """x (T, colsp) float32 -> int8 codes per block of xblk (max-abs / 127 scale),
     block scales xd (T, >= colsp/xblk), float sums xs (T, >= colsp/sgroup) of x per
     sgroup (entries past the data zeroed), codes interleaved per unit (chunk c,
-    lane j <- element j*stride + c).  Rounds half away from zero."""
+    lane j <- element j*stride + c; a last partial unit stays in stored order).
+    Rounds half away from zero."""
     T, n = x.shape
     tmp = np.empty(n if stride > 1 else 0, np.int8)
     bits = x.view(np.int32)  # max |x| as an integer max over the bit patterns: vectorizes (a float max does not)
@@ -81,10 +82,13 @@ def _quant_x(x, xblk, sgroup, stride, unit, xq, xd, xs):
             xs[t, g] = 0.0
         if stride > 1:
             xqt = xq[t]
-            for u0 in range(0, n, unit):
+            nmain = n - n % unit
+            for u0 in range(0, nmain, unit):
                 for c in range(stride):
                     for j in range(32):
                         xqt[u0 + c * 32 + j] = tmp[u0 + j * stride + c]
+            for i in range(nmain, n):  # a tail of smaller units keeps the stored order
+                xqt[i] = tmp[i]
 
 
 @njit(cache=True, parallel=True, fastmath=True)

@@ -120,6 +120,24 @@ class E:
     def bit(self, base, off, k, pos):
         return self.bits_at(self.ld(base, off, V(I8, 32)), k, 1, pos)
 
+    def shr_var(self, q, amount):
+        """Each lane of q shifted right by the i64 value `amount` (the same for all lanes)."""
+        a = self.b.trunc(self.i(amount), q.type.element)
+        return self.b.lshr(q, self.splat(a, q.type.count))
+
+    def lut16(self, table, idx):
+        """<32 x i8> of table[idx] for 4-bit indices idx (table: 16 ints in -128..127):
+        one vpshufb on AVX2, else a select tree over the index bits."""
+        if not self.portable:
+            t = ir.Constant(V(I8, 32), [int(v) & 0xFF for v in list(table) * 2])
+            f = self.fn("llvm.x86.avx2.pshuf.b", V(I8, 32), [V(I8, 32), V(I8, 32)])
+            return self.b.call(f, [t, idx])
+        vals = [self.k(idx.type, int(v) & 0xFF) for v in table]
+        for bit in range(4):
+            m = self.b.icmp_unsigned("!=", self.b.and_(idx, self.k(idx.type, 1 << bit)), self.k(idx.type, 0))
+            vals = [self.b.select(m, vals[2 * i + 1], vals[2 * i]) for i in range(len(vals) // 2)]
+        return vals[0]
+
     # -- integer dot steps
     def maddubs(self, u8, s8):
         """<32 x u8> * <32 x s8> -> <16 x i16> pair sums (never saturates for our ranges)."""

@@ -23,6 +23,7 @@ from ...errors import FormatError, UnsupportedError
 from ...tables import block_fields, quant_info
 
 PAD_GROUPS = 8  # per-group scale/bias rows are padded to a multiple of this (one f32x8 vector)
+CHUNK_WEIGHTS = 1 << 20  # repacks that expand codes work on row chunks of about this many weights
 
 
 def empty(rows: int) -> np.ndarray:
@@ -34,6 +35,24 @@ def planes(*arrs) -> tuple[np.ndarray, ...]:
     rows = next(a.shape[0] for a in arrs if a is not None)
     out = [(empty(rows) if a is None else np.ascontiguousarray(a).view(np.uint8).reshape(rows, -1)) for a in arrs]
     return tuple(out + [empty(rows)] * (5 - len(out)))
+
+
+def by_rows(rows: int, cols: int, fn) -> tuple[np.ndarray, ...]:
+    """fn(r0, r1) -> the five planes of rows r0..r1, run over row chunks of about CHUNK_WEIGHTS
+    weights and gathered into one set of planes (bounds a repack's temporaries: a token embedding
+    of a 7B model would otherwise expand to several hundred MB of codes)."""
+    step = max(1, CHUNK_WEIGHTS // max(cols, 1))
+    first = fn(0, min(rows, step))
+    if rows <= step:
+        return first
+    out = tuple(np.empty((rows, a.shape[1]), np.uint8) for a in first)
+    for o, a in zip(out, first):
+        o[:step] = a
+    for r0 in range(step, rows, step):
+        r1 = min(rows, r0 + step)
+        for o, a in zip(out, fn(r0, r1)):
+            o[r0:r1] = a
+    return out
 
 
 def as_bytes(data) -> np.ndarray:
@@ -80,3 +99,13 @@ def pack_field(q: np.ndarray, unit: int, shift: int, width: int) -> np.ndarray:
     for k in range(per):
         acc |= ((q5[..., k] >> shift) & mask) << (width * k)
     return np.ascontiguousarray(acc.transpose(0, 1, 3, 2)).reshape(rows, -1)  # [.., v, j]
+
+
+def interleave_perm(cols: int, nmain: int, unit: int) -> np.ndarray | None:
+    """Kernel position -> element for rows whose first `nmain` elements are units of `unit`
+    in the stride-(unit/32) interleave and the rest stored order; None when that is the identity."""
+    if nmain == 0 or unit == 32:
+        return None
+    perm = np.arange(cols)
+    perm[:nmain] = perm[:nmain].reshape(-1, 32, unit // 32).transpose(0, 2, 1).reshape(-1)
+    return perm

@@ -61,7 +61,7 @@ def _mlx_codes(codes: np.ndarray, bits: int, cols: int) -> np.ndarray:
 
 
 def repack(spec: Spec, data, rows: int, cols: int, scales=None, biases=None):
-    """MLX affine (codes, f16 scales, f16 biases) -> (planes, colsp, perm)."""
+    """MLX affine (codes, f16 scales, f16 biases) -> (planes, colsp)."""
     bits, group = parse_affine(spec.name)
     unit = UNIT[bits]
     if scales is None or biases is None:
@@ -75,21 +75,21 @@ def repack(spec: Spec, data, rows: int, cols: int, scales=None, biases=None):
     colsp = -(-cols // unit) * unit
     sc = pl.pad_groups(np.asarray(scales).reshape(-1).view(np.float16).reshape(rows, ng), colsp // group)
     bi = pl.pad_groups(np.asarray(biases).reshape(-1).view(np.float16).reshape(rows, ng), colsp // group)
-    perm = pl.interleave_perm(colsp, colsp, unit)
     if bits in (2, 4, 8) and colsp == cols:
-        return pl.planes(raw, None, sc, bi), colsp, perm  # MLX's stream is already the plane (module doc)
+        return pl.planes(raw, None, sc, bi), colsp  # MLX's stream is already the plane (module doc)
     q = _mlx_codes(raw, bits, cols)
     if colsp != cols:
         q = np.pad(q, ((0, 0), (0, colsp - cols)))
     if bits == 8:
-        return pl.planes(q, None, sc, bi), colsp, perm
+        return pl.planes(q, None, sc, bi), colsp
     low = min(bits, 4 if bits >= 4 else 2)  # 2, 3 -> crumb low plane; 4, 5, 6 -> nibble low plane
     p0 = pl.pack_field(q, unit, 0, low)
     p1 = pl.pack_field(q, unit, low, bits - low) if bits > low else None
-    return pl.planes(p0, p1, sc, bi), colsp, perm
+    return pl.planes(p0, p1, sc, bi), colsp
 
 
 x_widths = grouped.x_widths
+x_order = grouped.x_order
 
 
 # ----------------------------------------------------------------------------- decoding (LLVM IR)

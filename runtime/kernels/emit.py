@@ -65,6 +65,10 @@ class E:
             return ir.Constant(ty, [v] * ty.count)
         return ir.Constant(ty, v)
 
+    def vec(self, ty, vals):
+        """Constant vector of type ty with the given lane values."""
+        return ir.Constant(ty, [int(v) if isinstance(ty.element, ir.IntType) else float(v) for v in vals])
+
     def i(self, v):
         return v if isinstance(v, ir.Value) else ir.Constant(I64, int(v))
 
@@ -166,6 +170,14 @@ class E:
         """<16 x i16> -> element c of each 128-bit half broadcast across that half
         (an in-lane pattern: one vpshufb, or a vpbroadcastw when both halves agree)."""
         return self.shuf(v, [c] * 8 + [8 + c] * 8)
+
+    def sign(self, x8, s8):
+        """x8 with the sign of s8 applied: x * sign(s) per lane (vpsignb; 0 where s is 0)."""
+        if not self.portable:
+            return self.b.call(self.fn("llvm.x86.avx2.psign.b", V(I8, 32), [V(I8, 32), V(I8, 32)]), [x8, s8])
+        z = self.k(x8.type, 0)
+        neg = self.b.select(self.b.icmp_signed("<", s8, z), self.b.sub(z, x8), x8)
+        return self.b.select(self.b.icmp_signed("==", s8, z), z, neg)
 
     def sign_dot(self, w8, x8):
         """Signed <32 x i8> . <32 x i8> -> <16 x i16>, via |w| * (x with w's sign)."""

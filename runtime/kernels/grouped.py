@@ -23,6 +23,7 @@ over the per-group sums.
 """
 from __future__ import annotations
 
+import numpy as np
 from numba.core import cgutils
 
 from . import planes as pl
@@ -35,6 +36,14 @@ def x_widths(spec: Spec, colsp: int, planes):
     """xq one per element, xd one scale per group, xs one sum per group (padded group count)."""
     nxs = max(planes[2].shape[1] // 2, colsp // spec.sgroup)
     return colsp, max(colsp // spec.xblk, nxs), nxs
+
+
+def x_order(spec: Spec):
+    """The stride-S interleave of a unit: chunk c, lane j holds element j*S + c (None when S = 1)."""
+    S = spec.stride
+    if S == 1:
+        return None
+    return np.arange(spec.unit).reshape(32, S).T.reshape(-1)
 
 
 def _lane_groups(unit: int, stride: int, group: int, k: int = 0) -> list[int]:

@@ -21,13 +21,13 @@ import sys
 
 import numpy as np
 from llvmlite import ir
-from numba.core import cgutils
 
 from ...tables import QK_K, quant_info
 from . import planes as pl
+from . import superblock
 from .emit import F16, F32, I8, I16, I32, E, V
-from .rows import Acc, over_t, row_x
 from .spec import Spec, register
+from .superblock import Block
 
 FAMILY = "kq"
 GROUP = {"Q2_K": 16, "Q3_K": 16, "Q4_K": 32, "Q5_K": 32, "Q6_K": 16}  # weights per integer scale
@@ -74,18 +74,16 @@ def repack(spec: Spec, data, rows: int, cols: int, scales=None, biases=None):
     if name in ("Q4_K", "Q5_K"):
         sc, mn = _scale_min_k4(f["scales"])
         dd = np.concatenate([f["d"], f["dmin"]], axis=-1)
-        return pl.planes(f["qs"], f.get("qh"), sc, mn, dd), cols, None
+        return pl.planes(f["qs"], f.get("qh"), sc, mn, dd), cols
     if name == "Q6_K":
-        return pl.planes(f["ql"], f["qh"], f["scales"], None, f["d"]), cols, None
+        return pl.planes(f["ql"], f["qh"], f["scales"], None, f["d"]), cols
     if name == "Q2_K":
         dd = np.concatenate([f["d"], f["dmin"]], axis=-1)
-        return pl.planes(f["qs"], None, f["scales"], None, dd), cols, None
-    return pl.planes(f["qs"], f["hmask"], _scales_q3k(f["scales"]), None, f["d"]), cols, None  # Q3_K
+        return pl.planes(f["qs"], None, f["scales"], None, dd), cols
+    return pl.planes(f["qs"], f["hmask"], _scales_q3k(f["scales"]), None, f["d"]), cols  # Q3_K
 
 
-def x_widths(spec: Spec, colsp: int, planes):
-    """(xq, xd, xs) widths: one int8 per element, one scale per 256, one sum per scale group."""
-    return colsp, colsp // spec.xblk, colsp // spec.sgroup
+x_widths = superblock.x_widths
 
 
 # ----------------------------------------------------------------------------- decoding (LLVM IR)
@@ -130,65 +128,46 @@ def _block(spec: Spec, e: E, P, sb):
     return codes, scales, mins, d, dmin
 
 
+def block(spec: Spec, e: E, P, sb) -> Block:
+    codes, scales, mins, d, dmin = _block(spec, e, P, sb)
+    return Block(codes, d, scales=scales, mins=mins, dmin=dmin)
+
+
 def row_body(spec: Spec, e: E, P, X, T, ncols):
-    """Emit the row's accumulation; returns a finisher giving float y_t."""
-    b = e.b
-    xq, xqs, xd, xds, xs, xss = X
-    acc = Acc(e, spec, 1, T)
-    G = QK_K // spec.group
-
-    with cgutils.for_range(b, b.udiv(ncols, e.i(QK_K))) as loop:
-        sb = loop.index
-        codes, scales, mins, d, dmin = _block(spec, e, P, sb)
-
-        def step(t):
-            xqt, xdt, xst = row_x(e, xq, xqs, t), row_x(e, xd, xds, t), row_x(e, xs, xss, t)
-            isum = None
-            for c in range(8):
-                x8 = e.ld(xqt, e.add(e.mul(sb, QK_K), 32 * c), V(I8, 32))
-                v = e.madd(e.maddubs(codes[c], x8), scales[c])
-                isum = v if isum is None else b.add(isum, v)
-            mx = b.fmul(mins, e.ld(xst, e.mul(sb, 4 * G), V(F32, G)))
-            if G == 16:
-                mx = b.fadd(e.shuf(mx, range(8)), e.shuf(mx, range(8, 16)))
-            a = e.fma(e.splat(b.fsub(ir.Constant(F32, 0.0), dmin)), mx, acc.get(t))
-            dx = e.ld(xdt, e.mul(sb, 4), F32)
-            acc.put(t, e.fma(e.splat(b.fmul(d, dx)), e.cvt(isum), a))
-
-        over_t(spec, e, T, step)
-
-    return lambda t: e.hsum(acc.get(t))
+    return superblock.row_body(spec, e, P, X, T, ncols, sys.modules[__name__])
 
 
-def deq_body(spec: Spec, e: E, P, out, ncols):
+def deq_block(spec: Spec, e: E, P, sb, store):
     """Exact dequantization, the float operations of gguf-py's numpy reference in its order:
     (d * scale) * q - dmin * min per group."""
     b, name = e.b, spec.name
     G = QK_K // spec.group
-    with cgutils.for_range(b, b.udiv(ncols, e.i(QK_K))) as loop:
-        sb = loop.index
-        codes, _, _, d, dmin = _block(spec, e, P, sb)
-        raw = e.ld(P[2], e.mul(sb, G), V(I8, G))
-        if name in ("Q4_K", "Q5_K"):
-            scf = b.uitofp(raw, V(F32, 8))
-            mnf = b.uitofp(e.ld(P[3], e.mul(sb, 8), V(I8, 8)), V(F32, 8))
-        elif name == "Q2_K":
-            scf = b.uitofp(b.and_(raw, e.k(raw.type, 15)), V(F32, 16))
-            mnf = b.uitofp(b.lshr(raw, e.k(raw.type, 4)), V(F32, 16))
-        else:
-            scf = b.sitofp(raw, V(F32, 16))
-        dl = b.fmul(e.splat(d, G), scf)  # d * scale, per group
-        ml = b.fmul(e.splat(dmin, G), mnf) if name in ("Q2_K", "Q4_K", "Q5_K") else None
-        off = {"Q6_K": 32, "Q3_K": 4}.get(name, 0)
-        for c in range(8):
-            q = b.zext(codes[c], V(I32, 32))
-            if off:
-                q = b.sub(q, e.k(V(I32, 32), off))
-            gmask = [c] * 32 if G == 8 else [2 * c] * 16 + [2 * c + 1] * 16
-            w = b.fmul(e.shuf(dl, gmask), b.sitofp(q, V(F32, 32)))
-            if ml is not None:
-                w = b.fsub(w, e.shuf(ml, gmask))
-            e.st(out, e.mul(e.add(e.mul(sb, QK_K), 32 * c), 4), w)
+    codes, _, _, d, dmin = _block(spec, e, P, sb)
+    raw = e.ld(P[2], e.mul(sb, G), V(I8, G))
+    if name in ("Q4_K", "Q5_K"):
+        scf = b.uitofp(raw, V(F32, 8))
+        mnf = b.uitofp(e.ld(P[3], e.mul(sb, 8), V(I8, 8)), V(F32, 8))
+    elif name == "Q2_K":
+        scf = b.uitofp(b.and_(raw, e.k(raw.type, 15)), V(F32, 16))
+        mnf = b.uitofp(b.lshr(raw, e.k(raw.type, 4)), V(F32, 16))
+    else:
+        scf = b.sitofp(raw, V(F32, 16))
+    dl = b.fmul(e.splat(d, G), scf)  # d * scale, per group
+    ml = b.fmul(e.splat(dmin, G), mnf) if name in ("Q2_K", "Q4_K", "Q5_K") else None
+    off = {"Q6_K": 32, "Q3_K": 4}.get(name, 0)
+    for c in range(8):
+        q = b.zext(codes[c], V(I32, 32))
+        if off:
+            q = b.sub(q, e.k(V(I32, 32), off))
+        gmask = [c] * 32 if G == 8 else [2 * c] * 16 + [2 * c + 1] * 16
+        w = b.fmul(e.shuf(dl, gmask), b.sitofp(q, V(F32, 32)))
+        if ml is not None:
+            w = b.fsub(w, e.shuf(ml, gmask))
+        store(c, w)
+
+
+def deq_body(spec: Spec, e: E, P, out, ncols):
+    superblock.deq_body(spec, e, P, out, ncols, sys.modules[__name__])
 
 
 register(FAMILY, sys.modules[__name__], specs())

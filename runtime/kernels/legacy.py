@@ -104,10 +104,11 @@ def _repack_rows(f: dict, name: str, bits: int) -> tuple[np.ndarray, ...]:
 def repack(spec: Spec, data, rows: int, cols: int, scales=None, biases=None):
     b = pl.blocks(data, spec.name, rows, cols)
     planes = pl.by_rows(rows, cols, lambda r0, r1: _repack_rows(pl.fields(b[r0:r1], spec.name), spec.name, spec.bits))
-    return planes, cols, pl.interleave_perm(cols, cols // UNIT * UNIT, UNIT)
+    return planes, cols
 
 
 x_widths = grouped.x_widths
+x_order = grouped.x_order
 
 
 # ----------------------------------------------------------------------------- decoding (LLVM IR)

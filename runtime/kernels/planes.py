@@ -100,12 +100,3 @@ def pack_field(q: np.ndarray, unit: int, shift: int, width: int) -> np.ndarray:
         acc |= ((q5[..., k] >> shift) & mask) << (width * k)
     return np.ascontiguousarray(acc.transpose(0, 1, 3, 2)).reshape(rows, -1)  # [.., v, j]
 
-
-def interleave_perm(cols: int, nmain: int, unit: int) -> np.ndarray | None:
-    """Kernel position -> element for rows whose first `nmain` elements are units of `unit`
-    in the stride-(unit/32) interleave and the rest stored order; None when that is the identity."""
-    if nmain == 0 or unit == 32:
-        return None
-    perm = np.arange(cols)
-    perm[:nmain] = perm[:nmain].reshape(-1, 32, unit // 32).transpose(0, 2, 1).reshape(-1)
-    return perm

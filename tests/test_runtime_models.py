@@ -179,15 +179,24 @@ def write_llamacpp_copy(src: Path, dst: Path, qtype: str) -> Path:
 
 
 def random_blocks(qtype: str, rows: int, cols: int, rng) -> np.ndarray:
+    """Random codes and sub-block scales; each block's d then set so its weights have an RMS of
+    about 1/sqrt(cols) (w is proportional to d), like the F32 model's."""
+    import gguf
+
     from edgeslim.tables import block_fields, quant_info
 
     info = quant_info(qtype)
-    raw = rng.integers(0, 256, (rows, cols // info.block, info.block_bytes), dtype=np.uint8)
-    for field, sl in block_fields(qtype).items():
-        if field in ("d", "dmin", "m"):
-            # |codes| reach ~64-127 (IQ4_NL's table): weights ~ 1/sqrt(cols), as in the F32 model
-            d = (rng.uniform(0.5, 1.5, raw.shape[:2]) / (64 * np.sqrt(cols))).astype(np.float16)
-            raw[..., sl] = d.view(np.uint8).reshape(*raw.shape[:2], 2)
+    nb = cols // info.block
+    raw = rng.integers(0, 256, (rows, nb, info.block_bytes), dtype=np.uint8)
+    f = block_fields(qtype)
+    one = np.full((rows, nb), 1.0, np.float16).view(np.uint8).reshape(rows, nb, 2)
+    for field in ("d", "dmin", "m"):
+        if field in f:
+            raw[..., f[field]] = one if field == "d" else 0
+    w = gguf.quants.dequantize(raw.reshape(rows, -1), gguf.GGMLQuantizationType[qtype]).reshape(rows, nb, -1)
+    rms = np.sqrt(np.mean(w.astype(np.float64) ** 2, axis=-1)) + 1e-12
+    d = (rng.uniform(0.5, 1.5, (rows, nb)) / np.sqrt(cols) / rms).astype(np.float16)
+    raw[..., f["d"]] = d.view(np.uint8).reshape(rows, nb, 2)
     return raw.reshape(rows, -1)
 
 
@@ -205,8 +214,11 @@ def test_llama_cpp_only_types_run_on_both_backends(tiny_gguf, tmp_path, qtype):
     layer = fast._backend.layers[0]
     assert {p.qtype for k, p in layer.items() if hasattr(p, "qtype")} == {qtype}
     ids = random_ids(ref, 24, seed=7)
-    assert rel_l2(fast.logits(ids), ref.logits(ids)) <= 3e-2
-    assert rel_l2(step_logits(fast, ids[:8]), step_logits(ref, ids[:8])) <= 3e-2
+    # int8 activations: per mat-vec ~0.5-0.7% relative L2 for all four types (as Q4_K); through this
+    # random model's layers the logits end 1-3.4% apart (IQ4_XS's random sub-block scales make the
+    # most uneven weights); a layout error gives ~1
+    assert rel_l2(fast.logits(ids), ref.logits(ids)) <= 5e-2
+    assert rel_l2(step_logits(fast, ids[:8]), step_logits(ref, ids[:8])) <= 5e-2
     if qtype == "Q4_0":  # quantized from the F32 model: still the same model
         f32 = edgeslim.load(tiny_gguf("llama"), backend="numpy", kv_dtype="float32")
         assert 0 < rel_l2(ref.logits(ids), f32.logits(ids)) <= 0.2

@@ -27,15 +27,17 @@ from edgeslim.tables import GGMLType, block_fields, parse_affine, quant_info  # 
 KQUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL")  # 32-wide blocks
 IQ = ("IQ4_XS",)
-GGML_QUANT = LEGACY + KQUANTS + IQ
-GGUF_QUANTIZES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")  # gguf.quants.quantize writes these
+TERNARY = ("TQ1_0", "TQ2_0")
+GGML_QUANT = LEGACY + KQUANTS + IQ + TERNARY
+GGUF_QUANTIZES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "TQ1_0", "TQ2_0")  # gguf.quants.quantize writes these
 FLOATS = ("F16", "BF16", "F32")
 # every code layout and lane/group arrangement once (the rest: test_affine_all, marked slow)
 AFFINE_FAST = ("AFFINE4_G32", "AFFINE4_G64", "AFFINE8_G32", "AFFINE2_G64", "AFFINE3_G32", "AFFINE5_G64",
                "AFFINE6_G32")
 # The batched kernels (T > 1) share the per-type decoding with T == 1 and differ per family and
 # scale structure only, so (to keep cold-cache compile time down) they are checked on these:
-BATCHED = {"Q4_K", "Q6_K", "Q8_0", "Q4_0", "Q5_1", "IQ4_NL", "IQ4_XS", "AFFINE4_G32", "AFFINE5_G64", "F16"}
+BATCHED = {"Q4_K", "Q6_K", "Q8_0", "Q4_0", "Q5_1", "IQ4_NL", "IQ4_XS", "TQ1_0", "AFFINE4_G32", "AFFINE5_G64",
+           "F16"}
 AFFINE_ALL = tuple(f"AFFINE{b}_G{g}" for b in (2, 3, 4, 5, 6, 8) for g in (32, 64))
 ROWS, COLS = 24, 512
 

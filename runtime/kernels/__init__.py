@@ -25,7 +25,8 @@ edgeslim/tables.py, its kernel in one family module):
     grouped.py  shared body of the per-group-scale families
     kquant.py   Q2_K..Q6_K          legacy.py  Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL (32-wide)
     affine.py   AFFINE{b}_G{g}      floats.py  F16, BF16, F32
-    iq4xs.py    IQ4_XS (in place)   superblock.py  shared body of the 256-weight super-block families
+    iq4xs.py    IQ4_XS (in place)   ternary.py TQ1_0, TQ2_0 (in place)
+    superblock.py  shared body of the 256-weight super-block families
     grids.py    IQ code tables / lattice grids (one accessor each)
 
 Accuracy: int8 activations give a relative error of about 0.5% of the row's
@@ -34,7 +35,7 @@ llama.cpp quantizes activations the same way (Q8_K / Q8_0).
 """
 from __future__ import annotations
 
-from . import affine, floats, iq4xs, kquant, legacy  # noqa: F401  (register the families)
+from . import affine, floats, iq4xs, kquant, legacy, ternary  # noqa: F401  (register the families)
 from .driver import (SMALL_T_8BIT, SMALL_T_FLOAT, SMALL_T_QUANT, TILE_ELEMS, Packed, concat_rows,
                      dequantize, embed_rows, linear, prepare)
 from .emit import USE_AVX2

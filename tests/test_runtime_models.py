@@ -200,7 +200,7 @@ def random_blocks(qtype: str, rows: int, cols: int, rng) -> np.ndarray:
     return raw.reshape(rows, -1)
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q5_1", "IQ4_NL", "IQ4_XS"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q5_1", "IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ3_S", "IQ1_S", "TQ1_0"])
 def test_llama_cpp_only_types_run_on_both_backends(tiny_gguf, tmp_path, qtype):
     """Types only llama.cpp writes run natively in the numba backend (no float32 expansion, no
     warning), within int8-activation accuracy of the numpy backend (which dequantizes with gguf-py)."""

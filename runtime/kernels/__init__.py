@@ -26,6 +26,7 @@ edgeslim/tables.py, its kernel in one family module):
     kquant.py   Q2_K..Q6_K          legacy.py  Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL (32-wide)
     affine.py   AFFINE{b}_G{g}      floats.py  F16, BF16, F32
     iq4xs.py    IQ4_XS (in place)   ternary.py TQ1_0, TQ2_0 (in place)
+    lattice.py  IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M (in place, grids in module constants)
     superblock.py  shared body of the 256-weight super-block families
     grids.py    IQ code tables / lattice grids (one accessor each)
 
@@ -35,7 +36,7 @@ llama.cpp quantizes activations the same way (Q8_K / Q8_0).
 """
 from __future__ import annotations
 
-from . import affine, floats, iq4xs, kquant, legacy, ternary  # noqa: F401  (register the families)
+from . import affine, floats, iq4xs, kquant, lattice, legacy, ternary  # noqa: F401  (register the families)
 from .driver import (SMALL_T_8BIT, SMALL_T_FLOAT, SMALL_T_QUANT, TILE_ELEMS, Packed, concat_rows,
                      dequantize, embed_rows, linear, prepare)
 from .emit import USE_AVX2

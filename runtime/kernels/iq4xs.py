@@ -26,7 +26,8 @@ import sys
 import numpy as np
 
 from ...tables import QK_K, block_fields, quant_info
-from . import grids, superblock
+from .. import grids
+from . import superblock
 from . import planes as pl
 from .emit import F16, F32, I8, I16, I32, E, V
 from .spec import Spec, register

@@ -30,7 +30,8 @@ import numpy as np
 from llvmlite import ir
 
 from ...tables import QK_K, block_fields, quant_info
-from . import grids, superblock
+from .. import grids
+from . import superblock
 from . import planes as pl
 from .emit import F16, F32, I8, I16, I32, I64, E, V
 from .spec import Spec, register

@@ -36,7 +36,9 @@ import sys
 
 import numpy as np
 
-from . import grids, grouped
+from ..blocks import legacy_codes
+from .. import grids
+from . import grouped
 from . import planes as pl
 from .emit import F32, I8, I32, E, V
 from .spec import Spec, register
@@ -54,18 +56,6 @@ def specs():
 
 
 # ----------------------------------------------------------------------------- repack (numpy, at load)
-def _codes(f: dict, name: str) -> np.ndarray:
-    """Block fields -> (rows, nb, 32) uint8 codes in element order (int8 bytes for Q8_0)."""
-    if name == "Q8_0":
-        return f["qs"]
-    qs = f["qs"]  # byte j: element j (low nibble), element j + 16 (high nibble)
-    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
-    if "qh" in f:  # little-endian u32, bit i = 5th bit of element i
-        qh = np.ascontiguousarray(f["qh"]).view("<u4")  # (rows, nb, 1)
-        q |= (((qh >> np.arange(32, dtype=np.uint32)) & 1) << 4).astype(np.uint8)
-    return q
-
-
 def _tail_planes(t: np.ndarray, bits: int):
     """Tail codes (rows, tb, 32) -> (p0 bytes, p1 bytes) in stored order (module doc)."""
     rows, tb, _ = t.shape
@@ -87,7 +77,7 @@ def _repack_rows(f: dict, name: str, bits: int) -> tuple[np.ndarray, ...]:
     """Block fields of some rows -> their five planes (module doc)."""
     rows, nb = f["d"].shape[:2]
     nm = nb // 8 * 8  # blocks in whole units
-    q = _codes(f, name)  # (rows, nb, 32)
+    q = legacy_codes(f, name)  # (rows, nb, 32) element order
     main = q[:, :nm].reshape(rows, nm * 32)
     p0 = pl.pack_field(main, UNIT, 0, 8 if bits == 8 else 4)
     p1 = pl.pack_field(main, UNIT, 4, 1) if bits == 5 else None

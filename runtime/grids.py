@@ -1,10 +1,10 @@
-"""Lattice grids and non-linear code tables of llama.cpp's IQ types, for the kernels.
+"""Lattice grids and non-linear code tables of llama.cpp's IQ types (numba kernels, MLX transcoder).
 
 One accessor per table, read from the `gguf` package (which ships them as
 data, the same tables llama.cpp's ggml-common.h holds); when edgeslim's own
 references in `edgeslim.quants` carry them, each function's body becomes a
-one-line read of that module's array.  Imported lazily (gguf only when an IQ
-type is prepared or compiled) and cached.
+one-line read of that module's array.  gguf is imported only when a table is
+first asked for; results are cached.
 """
 from __future__ import annotations
 

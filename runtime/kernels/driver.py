@@ -37,13 +37,14 @@ TILE_ELEMS = 1 << 22  # float32 weights per dequantized tile on the prefill path
 TILE_MIN_ROWS = 64
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def _quant_x(x, xblk, sgroup, unit, order, xq, xd, xs):
     """x (T, colsp) float32 -> int8 codes per block of xblk (max-abs / 127 scale),
     block scales xd (T, >= colsp/xblk), float sums xs (T, >= colsp/sgroup) of x per
     sgroup (entries past the data zeroed), codes in kernel order: within each whole
     unit, position k holds element order[k] (no reordering when order is empty; a
-    last partial unit stays in stored order).  Rounds half away from zero."""
+    last partial unit stays in stored order).  Rounds half away from zero.  No fastmath: every
+    compiled copy must round the same way (it vectorizes without: the max is an integer max)."""
     T, n = x.shape
     reorder = order.shape[0] > 0
     tmp = np.empty(n if reorder else 0, np.int8)

@@ -3,7 +3,9 @@
 A family decodes super-block `sb` of a row into a `Block` (`block(spec, e, P, sb)`):
 
     codes   8 chunk code vectors <32 x i8> (unsigned, or signed when spec.signed)
-    scales  8 <16 x i16> integer scales, one per i16 pair lane (or None: all ones)
+    scales  8 <16 x i16> integer scales, one per i16 pair lane (or None: all ones), or
+    scale_all  one <16 x i16> for every chunk (interleaved layouts: lane m is the same group
+            in all chunks, so the chunks add up in i16 first and meet the scales once)
     xsigns  8 <32 x i8> sign vectors applied to the activations (vpsignb) before the
             product (lattice types keep magnitudes as codes and signs apart), or None
     d       float: the super-block's scale of the integer sum
@@ -15,8 +17,8 @@ float sums per `spec.sgroup` for the min terms, like ggml's Q8_K):
     acc += (d * dx) * float(sum_c vpmaddwd(dot(codes_c, x_c), scales_c))  -  dmin * (mins . xsum)
 
 dot = vpmaddubsw (signed codes: vpabsb + vpsignb + vpmaddubsw).  Without
-scales, the i16 pair sums are added while they cannot overflow and widened
-once (vpmaddwd by ones).  The codes are decoded once per super-block for all
+per-chunk scales, the i16 pair sums are added while they cannot overflow and
+widened once per partial sum (vpmaddwd by `scale_all`, or by ones).  The codes are decoded once per super-block for all
 TMAX activations of a batched pass.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Block:
     codes: list
     d: object
     scales: list | None = None
+    scale_all: object = None
     xsigns: list | None = None
     mins: object = None
     dmin: object = None
@@ -71,7 +74,7 @@ def _isum(spec: Spec, e: E, blk: Block, xqt, sb):
         part = p if part is None else b.add(part, p)
         n_part += 1
         if n_part == budget or c == 7:
-            w = e.pair_sum16(part)
+            w = e.pair_sum16(part) if blk.scale_all is None else e.madd(part, blk.scale_all)
             isum = w if isum is None else b.add(isum, w)
             part, n_part = None, 0
     return isum

@@ -14,9 +14,13 @@ activations' order, `x_order`) is, per pair of sub-blocks, [2k: 0-15 | 2k+1: 0-1
 then [2k: 16-31 | 2k+1: 16-31], so each chunk's integer scales are one in-lane
 broadcast of the two sub-blocks' (ls - 32).
 
-Inner loop per super-block (AVX2): 4 loads, 4 vpand + 4 vpsrlw/vpand, 8 vpshufb
-table lookups (kv), scale decode (~10 ops), then per activation 8 x (vpabsb,
-vpsignb, vpmaddubsw, vpmaddwd by the chunk's scales) into one <8 x i32> and
+Inner loop per super-block, as read from the generated assembly (host target
+znver5): about 75 instructions per 256 weights: 4 loads of codes, 4 vpandq +
+4 vgf2p8affineqb (nibbles), 8 vpshufb table lookups (kv), 8 x (vpabsb,
+vpsignb, vpmaddubsw) with 8 activation loads, the scale decode (vmovd,
+vpshufb, two vpsrlvw, vpsllw, vpandq, vpternlogq, vpaddw: ~10), 4 vpermw
+broadcasting the sub-block scale pairs, one vpmaddwd and 7 vpdpwssd (LLVM
+fuses vpmaddwd + vpaddd where AVX512-VNNI exists), then one int->float and
 one fma by d * dx (superblock.py).
 """
 from __future__ import annotations

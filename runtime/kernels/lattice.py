@@ -22,11 +22,19 @@ vpsignb on x, vpmaddubsw with the grid bytes and vpmaddwd by the chunk's 2s+1
 (superblock.py).  IQ1 codes are 8 grid + 9 +- 1 straight from the table (the
 delta bit selects the upper or lower 2048 rows), unsigned in [0, 18]; the +9
 returns as a min term, 9 (2s + 1) per scale group times the activation sums,
-and IQ1's scales are decoded once per super-block as one <16 x i16> vector.  Where an index has
-high bits in another field, IQ3_S's 8 indices per chunk are assembled in one
-small vector (vpmovzxbd, vpsrlvd, vpand, vpslld, vpor) and extracted; for the
-4-index types a scalar chain per index measured as fast or faster (IQ2_S
-525 vs 622 us per 2048 x 5632 mat-vec, one thread; IQ3_S 1122 -> 856 us vectorized).
+and IQ1's scales are decoded once per super-block as one <16 x i16> vector.
+Where an index has high bits in another field, IQ3_S's 8 indices per chunk are
+assembled in one small vector (vpmovzxbd, vpsrlvd, vpand, vpslld, vpor) and
+extracted; for the 4-index types a scalar chain per index measured as fast or
+faster (IQ2_S 525 vs 622 us per 2048 x 5632 mat-vec, one thread; IQ3_S
+1122 -> 856 us vectorized).
+
+Generated assembly (IQ2_XXS, host target znver5), per chunk: 4 movzbl + 4
+vmovq (grid rows), 4 bextr/and + 4 vmovq (ksigns rows), vpunpcklqdq and
+vinserti128 to assemble both vectors, a vpbroadcastw of 2s+1, then per
+activation vpsignb, vpmaddubsw and vpdpwssd.  Row assembly dominates, as in
+llama.cpp's own AVX2 kernels for these types; kernel-level speed measured
+0.93-1.10x ggml's vec_dot (scripts/bench_kernels.py, one thread).
 """
 from __future__ import annotations
 

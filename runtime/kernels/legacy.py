@@ -22,13 +22,18 @@ tail in stored order, one block per unit:
     p1  5-bit only: bit plane, 32 B per unit (bit c = 5th bit of chunk c); tail: 32 B (bit k = tail block k)
     p2  d f16 per block, p3 m f16 per block (Q4_1, Q5_1); zero-padded to a multiple of 8 blocks
 
-Inner loop (Q4_0, T = 1, AVX2), per unit of 8 blocks: 4 loads + 4 vpand + 4
-vpsrlw(+vpand) for the 8 code chunks, 8 activation loads, 8 vpmaddubsw summed
-with 7 vpaddw in i16 (8 x 2 x 15 x 127 < 2^15), one vpmaddwd by ones, one
-vcvtdq2ps, one vfmadd with the unit's coefficients (vcvtph2ps of 8 d's times
-the 8 activation scales).  Q5: + one bit-plane load, 8 shift/and/or, i16
-sums in two halves.  8-bit / IQ4_NL: vpabsb + vpsignb + vpmaddubsw + vpmaddwd
-per chunk (IQ4_NL: + one vpshufb), i32 adds.
+Inner loop (Q4_0, T = 1), as read from the generated assembly (numba
+inspect_asm, host target znver5): 34 instructions per unit of 8 blocks (256
+weights, 144 bytes): 4 vmovdqu of codes, 4 vpand (low nibbles) and 4
+vgf2p8affineqb (LLVM's GFNI form of the byte shift right by 4; vpsrlw + vpand
+on plain AVX2), 8 vpmaddubsw taking the activations as memory operands, 7
+vpaddw (i16 sums: 8 x 2 x 15 x 127 < 2^15), one vpmaddwd by ones, vcvtdq2ps,
+vcvtph2ps of the 8 d's, vmulps by the 8 activation scales, one vfmadd231ps, and
+the loop counter.  Q5: + one bit-plane load and a shift/and/or per chunk, the
+i16 sums in two halves.  8-bit / IQ4_NL: vpabsb + vpsignb + vpmaddubsw +
+vpmaddwd per chunk (IQ4_NL: + one vpshufb), i32 adds.  The bias term (-8 d,
+-16 d or m times the activation block sums) runs once per row, 8 blocks per
+vector.
 """
 from __future__ import annotations
 

@@ -321,7 +321,7 @@ def goal_lines(rows: list[dict], busy: str | None = None) -> list[str]:
 
 
 # -- main -----------------------------------------------------------------------------------------
-def main(argv=None) -> int:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="tinyllama")
@@ -347,7 +347,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.ctx < max(args.n_prefill, args.n_short + args.n_decode + 1):
         ap.error(f"--ctx {args.ctx} is smaller than the prompts and generation need")
+    return args
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     from _bench_util import read_bandwidth
 
     load_start = os.getloadavg()

@@ -142,54 +142,81 @@ def _bits(e: E, v, shift: int, n: int):
     return e.b.and_(e.b.lshr(v, ir.Constant(v.type, shift)), ir.Constant(v.type, (1 << n) - 1))
 
 
-def _chunk(spec: Spec, e: E, P, base, c: int):
-    """Chunk c of the super-block at byte `base`: (codes, xsigns or None, (s_lo, s_hi) raw scales)."""
-    name, f, p0, b = spec.name, _F[spec.name], P[0], e.b
-    if name == "IQ2_XXS":  # per 32: u32 grid bytes, u32 4 x 7-bit sign index | s << 28
-        q0, aux = e.add(base, f["qs"].start + 8 * c), _u(e, p0, base, f["qs"].start + 8 * c + 4, I32)
-        idx = [_u(e, p0, q0, k) for k in range(4)]
-        sgn = _rows(e, _table(e, "ksigns"), [_bits(e, aux, 7 * k, 7) for k in range(4)], 8)
-        s = b.lshr(aux, e.i(28))
-        return _rows(e, _table(e, name), idx, 8), sgn, (s, s)
-    if name == "IQ2_XS":  # per 8: u16 9-bit grid index | 7-bit sign index << 9; 4-bit s per 16
-        v = [_u(e, p0, base, f["qs"].start + 8 * c + 2 * k, I16) for k in range(4)]
-        sgn = _rows(e, _table(e, "ksigns"), [b.lshr(x, e.i(9)) for x in v], 8)
-        sc = _u(e, p0, base, f["scales"].start + c)
-        return _rows(e, _table(e, name), [_bits(e, x, 0, 9) for x in v], 8), sgn, (_bits(e, sc, 0, 4), _bits(e, sc, 4, 4))
-    if name == "IQ2_S":  # per 8: grid index low byte + 2 bits of qh; 8 sign bits; 4-bit s per 16
-        qh = _u(e, p0, base, f["qh"].start + c)
-        idx = [b.or_(_u(e, p0, base, f["qs"].start + 4 * c + k), b.shl(_bits(e, qh, 2 * k, 2), e.i(8)))
-               for k in range(4)]
-        sgn = _bit_signs(e, e.ld(p0, e.add(base, f["signs"].start + 4 * c), I32))
-        sc = _u(e, p0, base, f["scales"].start + c)
-        return _rows(e, _table(e, name), idx, 8), sgn, (_bits(e, sc, 0, 4), _bits(e, sc, 4, 4))
-    if name == "IQ3_XXS":  # per 4: grid index byte; per 32: u32 4 x 7-bit sign index | s << 28
-        aux = _u(e, p0, base, f["sas"].start + 4 * c, I32)
-        idx = [_u(e, p0, base, f["qs"].start + 8 * c + k) for k in range(8)]
-        sgn = _rows(e, _table(e, "ksigns"), [_bits(e, aux, 7 * k, 7) for k in range(4)], 8)
-        s = b.lshr(aux, e.i(28))
-        return _rows(e, _table(e, name), idx, 4), sgn, (s, s)
-    if name == "IQ3_S":  # per 4: index byte + 1 bit of qh; 8 sign bits per 8; 4-bit s per 32
-        qh = b.zext(e.ld(p0, e.add(base, f["qh"].start + c), I8), I32)
-        rows = _vec_rows(e, _table(e, name), p0, e.add(base, f["qs"].start + 8 * c), 8,
-                         _fields_of(e, qh, range(8), 1, 8), 4)
-        sgn = _bit_signs(e, e.ld(p0, e.add(base, f["signs"].start + 4 * c), I32))
-        s = _bits(e, _u(e, p0, base, f["scales"].start + c // 2), 4 * (c % 2), 4)
-        return rows, sgn, (s, s)
-    if name == "IQ1_S":  # per 32: u16 3 x 4 index high bits | s << 12 | delta sign << 15
-        h = _u(e, p0, base, f["qh"].start + 2 * c, I16)
-        neg = b.shl(_bits(e, h, 15, 1), e.i(11))
-        idx = [b.or_(b.or_(_u(e, p0, base, f["qs"].start + 4 * c + k), b.shl(_bits(e, h, 3 * k, 3), e.i(8))), neg)
-               for k in range(4)]
-        s = _bits(e, h, 12, 3)
-        return _rows(e, _table(e, name), idx, 8), None, (s, s)
-    # IQ1_M: per 8 a nibble of qh (3 index high bits | delta sign); 3-bit s per 16 in the u16 scales
+def _iq2_xxs(e: E, p0, base, f, c):
+    """Per 32: u32 of 4 grid index bytes, u32 of 4 x 7-bit sign indices | s << 28."""
+    aux = _u(e, p0, base, f["qs"].start + 8 * c + 4, I32)
+    idx = [_u(e, p0, base, f["qs"].start + 8 * c + k) for k in range(4)]
+    sgn = _rows(e, _table(e, "ksigns"), [_bits(e, aux, 7 * k, 7) for k in range(4)], 8)
+    s = e.b.lshr(aux, e.i(28))
+    return _rows(e, _table(e, "IQ2_XXS"), idx, 8), sgn, (s, s)
+
+
+def _iq2_xs(e: E, p0, base, f, c):
+    """Per 8: u16 9-bit grid index | 7-bit sign index << 9; 4-bit s per 16."""
+    v = [_u(e, p0, base, f["qs"].start + 8 * c + 2 * k, I16) for k in range(4)]
+    sgn = _rows(e, _table(e, "ksigns"), [e.b.lshr(x, e.i(9)) for x in v], 8)
+    sc = _u(e, p0, base, f["scales"].start + c)
+    return _rows(e, _table(e, "IQ2_XS"), [_bits(e, x, 0, 9) for x in v], 8), sgn, (_bits(e, sc, 0, 4), _bits(e, sc, 4, 4))
+
+
+def _iq2_s(e: E, p0, base, f, c):
+    """Per 8: grid index low byte + 2 bits of qh; 8 plain sign bits; 4-bit s per 16."""
+    qh = _u(e, p0, base, f["qh"].start + c)
+    idx = [e.b.or_(_u(e, p0, base, f["qs"].start + 4 * c + k), e.b.shl(_bits(e, qh, 2 * k, 2), e.i(8)))
+           for k in range(4)]
+    sgn = _bit_signs(e, e.ld(p0, e.add(base, f["signs"].start + 4 * c), I32))
+    sc = _u(e, p0, base, f["scales"].start + c)
+    return _rows(e, _table(e, "IQ2_S"), idx, 8), sgn, (_bits(e, sc, 0, 4), _bits(e, sc, 4, 4))
+
+
+def _iq3_xxs(e: E, p0, base, f, c):
+    """Per 4: grid index byte; per 32: u32 of 4 x 7-bit sign indices | s << 28."""
+    aux = _u(e, p0, base, f["sas"].start + 4 * c, I32)
+    idx = [_u(e, p0, base, f["qs"].start + 8 * c + k) for k in range(8)]
+    sgn = _rows(e, _table(e, "ksigns"), [_bits(e, aux, 7 * k, 7) for k in range(4)], 8)
+    s = e.b.lshr(aux, e.i(28))
+    return _rows(e, _table(e, "IQ3_XXS"), idx, 4), sgn, (s, s)
+
+
+def _iq3_s(e: E, p0, base, f, c):
+    """Per 4: index byte + 1 bit of qh (the 8 indices built as one vector); 8 sign bits; 4-bit s per 32."""
+    qh = e.b.zext(e.ld(p0, e.add(base, f["qh"].start + c), I8), I32)
+    rows = _vec_rows(e, _table(e, "IQ3_S"), p0, e.add(base, f["qs"].start + 8 * c), 8,
+                     _fields_of(e, qh, range(8), 1, 8), 4)
+    sgn = _bit_signs(e, e.ld(p0, e.add(base, f["signs"].start + 4 * c), I32))
+    s = _bits(e, _u(e, p0, base, f["scales"].start + c // 2), 4 * (c % 2), 4)
+    return rows, sgn, (s, s)
+
+
+def _iq1_s(e: E, p0, base, f, c):
+    """Per 32: u16 of 3 x 4 index high bits | s << 12 | delta sign << 15 (index bit 11: table half)."""
+    b = e.b
+    h = _u(e, p0, base, f["qh"].start + 2 * c, I16)
+    neg = b.shl(_bits(e, h, 15, 1), e.i(11))
+    idx = [b.or_(b.or_(_u(e, p0, base, f["qs"].start + 4 * c + k), b.shl(_bits(e, h, 3 * k, 3), e.i(8))), neg)
+           for k in range(4)]
+    s = _bits(e, h, 12, 3)
+    return _rows(e, _table(e, "IQ1_S"), idx, 8), None, (s, s)
+
+
+def _iq1_m(e: E, p0, base, f, c):
+    """Per 8: a nibble of qh (3 index high bits | delta sign); 3-bit s per 16 in the u16 scales."""
+    b = e.b
     q2 = _u(e, p0, base, f["qh"].start + 2 * c, I16)
     idx = [b.or_(_u(e, p0, base, f["qs"].start + 4 * c + k),
                  b.or_(b.shl(_bits(e, q2, 4 * k, 3), e.i(8)), b.shl(_bits(e, q2, 4 * k + 3, 1), e.i(11))))
            for k in range(4)]
     s = [_bits(e, _u(e, p0, base, f["scales"].start + 2 * (g // 4), I16), 3 * (g % 4), 3) for g in (2 * c, 2 * c + 1)]
-    return _rows(e, _table(e, name), idx, 8), None, tuple(s)
+    return _rows(e, _table(e, "IQ1_M"), idx, 8), None, tuple(s)
+
+
+_CHUNK = {"IQ2_XXS": _iq2_xxs, "IQ2_XS": _iq2_xs, "IQ2_S": _iq2_s, "IQ3_XXS": _iq3_xxs, "IQ3_S": _iq3_s,
+          "IQ1_S": _iq1_s, "IQ1_M": _iq1_m}
+
+
+def _chunk(spec: Spec, e: E, P, base, c: int):
+    """Chunk c of the super-block at byte `base`: (codes, xsigns or None, (s_lo, s_hi) raw scales)."""
+    return _CHUNK[spec.name](e, P[0], base, _F[spec.name], c)
 
 
 def _iq1_odd(spec: Spec, e: E, P, base):

@@ -137,7 +137,7 @@ def open_hf(src: str) -> SourceModel:
     specs += [TensorSpec(n, a.shape, lambda a=a: a) for n, a in arch.extra_tensors()]
     specs.sort(key=lambda s: tensor_order(s.name))
     _check_complete(specs, arch, folder)
-    vocab = load_vocab(folder, arch.vocab_size)
+    vocab = load_vocab(folder, arch.vocab_size, arch.spm_space_prefix)
 
     name = str(config.get("_name_or_path") or "").rstrip("/").split("/")[-1] or folder.name
 

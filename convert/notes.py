@@ -13,7 +13,11 @@ def note(message: str) -> None:
 
 def progress_bar(total: int, progress: bool | None, desc: str = "convert"):
     """A tqdm bar over `total` weights, or None: progress True/False forces it, None shows it on a TTY
-    or for models above _LONG weights."""
+    or for models above _LONG weights; a callable gets the updates instead (convert/progress.py)."""
+    if callable(progress):
+        from .progress import CallbackBar
+
+        return CallbackBar(total, progress, desc)
     show = progress if progress is not None else (sys.stderr.isatty() or total > _LONG)
     if not show:
         return None

@@ -51,6 +51,7 @@ from .gptq_pass import gptq_stream
 from .measure import (Importance, analyze_matrices, calibration_for, calibration_record, measure_importance,
                       measure_owl)
 from .model import SourceModel
+from .output_guard import refuse_source_overwrite
 from .plan import PlanResult, note_fallbacks, plan_uniform, resolve_quant
 from .prune import Pruning, make_pruning, note_sparse, prune_record
 from .report import build_report
@@ -89,6 +90,7 @@ def convert(src: str, out: str | Path, quant: str | None = None, family: str | N
     FitError, before anything is written, when even the smallest types do not fit.
     """
     out = _check_output(out, force)
+    refuse_source_overwrite(src, out)
     if ctx <= 0:
         raise InputError(f"--ctx must be a positive number of tokens, got {ctx}")
     mode = conversion_mode(quant, target, bpw, size, allocate, group, gptq)

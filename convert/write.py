@@ -21,7 +21,7 @@ from edgeslim.targets import Fit
 from .header import add_header
 from .model import SourceModel
 from .notes import progress_bar
-from .plan import Planned
+from .plan import Planned, written_summary
 from .report import build_report, report_size
 from .transform import Converted
 
@@ -42,8 +42,8 @@ def write_gguf(out: Path, model: SourceModel, plan: list[Planned], fit: Fit, fam
         report = build_report(model, plan, fit, family, errors, extra, out_errors)
         g.fill_string(Keys.ES_REPORT, json.dumps(report, separators=(",", ":")))
     total = sum(p.nbytes for p in plan)
-    print(f"edgeslim: wrote {out} ({total / 2**20:.1f} MiB of weights, {len(plan)} tensors, {fit.qtype})",
-          file=sys.stderr)
+    print(f"edgeslim: wrote {out} ({total / 2**20:.1f} MiB of weights, {len(plan)} tensors; matrices: "
+          f"{written_summary(plan)})", file=sys.stderr)
     return report
 
 

@@ -146,7 +146,11 @@ def block_fields(name: str) -> dict[str, slice]:
 
 
 # Types our converter writes in the ggml family (all have numpy references).
-GGML_WRITABLE = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K")
+GGML_WRITABLE = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K",
+                 "Q5_1", "Q5_0", "Q4_1", "Q4_0", "IQ4_XS", "IQ4_NL", "IQ3_S", "IQ3_XXS",
+                 "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S", "TQ2_0", "TQ1_0")
+# Types the numpy references read (edgeslim.quants.dequantize_raw), bit-exact with gguf-py.
+GGML_READABLE = GGML_WRITABLE
 
 # ---------------------------------------------------------------------------
 # Affine family: MLX's `mx.quantize` layout, stored in GGUF as three legal
@@ -190,8 +194,14 @@ def quant_info(name: str) -> QuantInfo:
     aff = parse_affine(key)
     if aff:
         return affine_info(*aff)
-    known = ", ".join(GGML_WRITABLE) + ", AFFINE{2,3,4,5,6,8}_G{32,64}"
-    raise ValueError(f"unknown quant type {name!r}: use one of {known}")
+    raise ValueError(f"unknown quant type {name!r}: use one of {writable_types_text()}")
+
+
+def writable_types_text() -> str:
+    """The type names the converter writes, for help texts and errors (from GGML_WRITABLE and the affine
+    bits and groups, so that help and accepted values cannot disagree)."""
+    bits, groups = ",".join(map(str, AFFINE_BITS)), ",".join(map(str, AFFINE_GROUPS))
+    return ", ".join(GGML_WRITABLE) + f", AFFINE{{{bits}}}_G{{{groups}}}"
 
 
 # ---------------------------------------------------------------------------
@@ -206,6 +216,8 @@ def quant_info(name: str) -> QuantInfo:
 # cannot run them (NAME's shape is not the matrix's).
 # ---------------------------------------------------------------------------
 SPARSE_INDEX_SUFFIX = ".sparse_index"
+# the ggml types a sparse type may keep its values in, smallest first (numpy reference and numba kernels)
+SPARSE_VALUES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "F16")
 
 
 @dataclass(frozen=True)
@@ -281,8 +293,8 @@ def sparse_info(name: str) -> SparseInfo | None:
             raise ValueError(f"unknown sparse type {name!r}: write VALUE@2:4, VALUE@4:8 or VALUE@50%")
         return None
     value, n, mm, pct = m.groups()
-    if value not in GGML_WRITABLE:
-        raise ValueError(f"sparse type {name!r}: the kept values must be one of {', '.join(GGML_WRITABLE)}")
+    if value not in SPARSE_VALUES:
+        raise ValueError(f"sparse type {name!r}: the kept values must be one of {', '.join(SPARSE_VALUES)}")
     if pct is not None:
         if not 0 < int(pct) < 100:
             raise ValueError(f"sparse type {name!r}: the pruned percent must be between 1 and 99")
@@ -334,6 +346,10 @@ class Keys:
     ROPE_SCALING_ORIG_CTX = "{arch}.rope.scaling.original_context_length"
     VOCAB_SIZE = "{arch}.vocab_size"
     SLIDING_WINDOW = "{arch}.attention.sliding_window"
+    SLIDING_WINDOW_PATTERN = "{arch}.attention.sliding_window_pattern"  # uint32 period, or bool per layer
+    ROPE_BASE_SWA = "{arch}.rope.freq_base_swa"  # RoPE base of the sliding-window layers
+    ATTN_SCALE = "{arch}.attention.scale"  # query scale (llama.cpp's default: 1/sqrt(head size))
+    FINAL_SOFTCAP = "{arch}.final_logit_softcapping"  # logits = cap * tanh(logits / cap)
 
     TOK_MODEL = "tokenizer.ggml.model"
     TOK_PRE = "tokenizer.ggml.pre"
@@ -389,10 +405,15 @@ class TensorNames:
     ATTN_K_BIAS = "blk.{bid}.attn_k.bias"
     ATTN_V_BIAS = "blk.{bid}.attn_v.bias"
     ATTN_OUT = "blk.{bid}.attn_output.weight"
+    ATTN_QKV = "blk.{bid}.attn_qkv.weight"  # q | k | v rows in one tensor (Phi-3)
     FFN_NORM = "blk.{bid}.ffn_norm.weight"
     FFN_GATE = "blk.{bid}.ffn_gate.weight"
-    FFN_UP = "blk.{bid}.ffn_up.weight"
+    FFN_UP = "blk.{bid}.ffn_up.weight"  # (Phi-3: gate | up rows, 2 * n_ff, and no ffn_gate)
     FFN_DOWN = "blk.{bid}.ffn_down.weight"
+    ATTN_Q_NORM = "blk.{bid}.attn_q_norm.weight"  # per-head RMSNorm of q (Gemma 3), (head_dim,)
+    ATTN_K_NORM = "blk.{bid}.attn_k_norm.weight"
+    ATTN_POST_NORM = "blk.{bid}.post_attention_norm.weight"  # RMSNorm of the attention output (Gemma 3)
+    FFN_POST_NORM = "blk.{bid}.post_ffw_norm.weight"  # RMSNorm of the FFN output (Gemma 3)
     ROPE_FREQS = "rope_freqs.weight"
 
 

@@ -7,8 +7,11 @@ Layout (each piece small, one job):
     kv_cache.py    preallocated fp16/fp32 KV cache
     backends/      registry; numpy (reference), numba (packed kernels), mlx
     sampling.py    greedy / temperature / top-k / top-p / min-p / repetition penalty
-    generate.py    Session (cache + tokens), prefill + decode loop, stop rules, stats
+    generate.py    Session (cache + tokens), prefill, Decoder (per-token stop rules), stats
+    handle.py      Generation (cancel from any thread) and the KV-cache slot pool
+    batch.py       batched decode: B sequences, one forward per step
     perplexity.py  llama-perplexity's windowing
     api.py         load() -> Model (generate, stream, chat, logits, perplexity)
     cli_*.py       `edgeslim generate`, `chat`, `eval`
+    server/        `edgeslim serve`: OpenAI-compatible HTTP API + chat page
 """

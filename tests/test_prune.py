@@ -104,8 +104,9 @@ def _logits(path, backend="numpy"):
 
 @pytest.mark.parametrize("method,pattern", [("magnitude", "unstructured"), ("wanda", "4:8"), ("sparsegpt", "2:4"),
                                             ("sparsegpt", "unstructured")])  # every method and every pattern
-def test_pruned_demo_model_runs_end_to_end(tmp_path, method, pattern):
+def test_pruned_demo_model_runs_end_to_end(tmp_path, capsys, method, pattern):
     out, report = _convert(tmp_path, "p", quant="Q4_K", prune=method, pattern=pattern)
+    assert "fell back from Q4_K@" in capsys.readouterr().err.splitlines()[-1]  # the last line counts sparse fallbacks
     r = gguf.GGUFReader(out)  # a legal GGUF: gguf-py reads every tensor
     stored = {t.name: t.tensor_type.name for t in r.tensors}
     assert stored["blk.0.attn_q.weight"] in ("Q4_K", "Q8_0") and stored["blk.0.attn_q.weight.sparse_index"] == "I8"

@@ -56,8 +56,11 @@ def test_fused_rows_and_mismatches():
     assert kernels.concat_rows([pa, kernels.prepare(c.qtype, c.values.data, c.shape, index=c.index)]) is None
     dense = kernels.prepare("Q8_0", c.values.data[:, :34 * 4], (8, 128))
     assert kernels.concat_rows([pa, dense]) is None
+    assert kernels.concat_rows([dense, pa]) is None
     with pytest.raises(FormatError, match="corrupt"):
         kernels.prepare("Q4_K@2:4", a.values.data, a.shape, index=a.index[:, :-1])
+    with pytest.raises(FormatError, match="no Q4_K@2:4 position index"):
+        kernels.prepare("Q4_K@2:4", a.values.data, a.shape)
 
 
 def test_index_layouts_of_every_pattern_decode_alike():

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from ..errors import InputError, UnsupportedError
 from .base import Family
+from .gemma3 import Gemma3
 from .llama import Llama, Mistral
+from .phi3 import Phi3
 from .qwen2 import Qwen2
 
-FAMILIES: tuple[type[Family], ...] = (Llama, Mistral, Qwen2)
+FAMILIES: tuple[type[Family], ...] = (Llama, Mistral, Qwen2, Gemma3, Phi3)
 
 # HF model_type -> family (what `edgeslim convert` accepts)
 ARCHS: dict[str, type[Family]] = {t: cls for cls in FAMILIES for t in cls.hf_model_types}

@@ -17,6 +17,7 @@ A family class says, once:
                               runtime always multiplies by the stored weight
     activation                gated FFN activation: "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
     embed_scale               the embedding rows are multiplied by sqrt(n_embd)
+    spm_space_prefix          SentencePiece dummy prefix written for the tokenizer (Gemma: False)
     FUSED                     tensors the numba runtime stacks into one matrix at load
 
 Constructed with an HF config dict (the converter) the object also answers metadata(),
@@ -99,6 +100,7 @@ class Family:
     norm_shift = 0.0
     activation = "silu"
     embed_scale = False
+    spm_space_prefix: bool | None = None  # tokenizer.ggml.add_space_prefix the converter writes (None: the tokenizer's)
     FUSED = {"attn_qkv": ("attn_q", "attn_k", "attn_v"), "ffn_gate_up": ("ffn_gate", "ffn_up")}
 
     def __init__(self, config: dict | None = None):

@@ -43,7 +43,7 @@ from itertools import combinations
 import numpy as np
 
 from ..errors import FormatError, InputError, UnsupportedError
-from ..tables import SparseInfo, quant_info, sparse_info
+from ..tables import SPARSE_VALUES, SparseInfo, quant_info, sparse_info
 from . import IMPORTANCE_FLOOR, QTensor, quantize
 from . import dequantize_raw as _dense_raw
 
@@ -84,8 +84,7 @@ class SparseQTensor:
         return [self.values.data, self.index.view(np.int8)]
 
 
-# value types of sparse tensors, smallest first (numpy reference and numba kernels decode each)
-VALUE_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "F16")
+VALUE_TYPES = SPARSE_VALUES  # the value types, smallest first (tables.py)
 
 
 def value_ladder(value: str) -> list[str]:

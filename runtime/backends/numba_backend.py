@@ -13,15 +13,15 @@ call) RoPE + cache store + attention run as numba functions (`cpu_ops`); longer
 prompts use the shared numpy attention of `CPUBackend`, which writes the same
 fp16 bits to the same cache.
 
-Memory: once every weight is packed, the mapped file pages are released with
-madvise(MADV_DONTNEED) so that the packed copy is what stays resident (pages
-the packed form still references are simply faulted back in from the page
-cache).
+Memory: each weight's mapped pages are released with madvise(MADV_DONTNEED)
+right after it is packed, so the file and the packed copy are never both
+resident (pages the packed form still references are simply faulted back in
+from the page cache).  Every ggml type runs natively; nothing is expanded to
+float32.
 """
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 
@@ -65,12 +65,12 @@ from ...errors import UnsupportedError  # noqa: E402
 from .. import cpu_ops, kernels  # noqa: E402
 from ..loader import ModelFile, WeightSource  # noqa: E402
 from .base import CPUBackend  # noqa: E402
-from .numpy_backend import dequantize_source  # noqa: E402
 
 # Up to this many tokens per forward call attention runs in `cpu_ops.attend_f16`; beyond
 # it the numpy attention (BLAS matmuls over the whole prompt) is faster.
 ATTN_T_MAX = 16
 QKV, QKV_BIAS, GATE_UP = "attn_qkv", "attn_qkv_bias", "ffn_gate_up"
+HALVES = {"silu": cpu_ops.swiglu_halves, "gelu_tanh": cpu_ops.geglu_halves}  # family activation -> fused FFN
 
 
 class NumbaBackend(CPUBackend):
@@ -79,22 +79,19 @@ class NumbaBackend(CPUBackend):
     name = "numba"
 
     def __init__(self, model: ModelFile, kv_dtype="float16"):
-        self.fallback_types: set[str] = set()
         super().__init__(model, kv_dtype)
         self.model.gguf.drop_pages()
 
     def prepare(self, src: WeightSource):
+        """The weight packed for the kernels; its mapped pages are released at once, so the file and
+        its packed copy are never both resident (peak RSS stays near one copy of the weights)."""
         try:
-            return kernels.prepare(src.qtype, src.data, src.shape, scales=src.scales, biases=src.biases,
-                                   index=src.index)
-        except UnsupportedError:
-            # a type with no kernel (llama.cpp's Q4_0, Q5_1, ...): run it as F32, once per type warned
-            if src.qtype not in self.fallback_types:
-                self.fallback_types.add(src.qtype)
-                warnings.warn(f"{self.model.path}: no numba kernel for {src.qtype}; those weights run as float32 "
-                              "(more memory, slower); re-quantize with edgeslim convert for speed", stacklevel=4)
-            w = np.ascontiguousarray(dequantize_source(src), dtype=np.float32)  # (rows, cols)
-            return kernels.prepare("F32", w.reshape(-1).view(np.uint8), src.shape)
+            packed = kernels.prepare(src.qtype, src.data, src.shape, scales=src.scales, biases=src.biases,
+                                     index=src.index)
+        except UnsupportedError as err:
+            raise UnsupportedError(f"{self.model.path}: {src.name}: {err}") from None
+        self.model.release(src)
+        return packed
 
     def _load_block(self, bid: int) -> dict:
         layer = super()._load_block(bid)
@@ -119,20 +116,25 @@ class NumbaBackend(CPUBackend):
         qkv = self.matmul(w[QKV], h)
         if QKV_BIAS in w:
             qkv += w[QKV_BIAS]
+        if "attn_q_norm" in w:
+            hp = self.hp
+            cpu_ops.head_norms(qkv, hp.n_head, hp.n_head_kv, hp.head_dim, w["attn_q_norm"], w["attn_k_norm"],
+                               hp.rms_eps)
         return qkv
 
     def attend(self, bid: int, qkv: np.ndarray, cache, start: int) -> np.ndarray:
         hp = self.hp
         if qkv.shape[0] > ATTN_T_MAX or cache.dtype != np.float16:
-            cuts = (hp.n_head * hp.head_dim, (hp.n_head + hp.n_head_kv) * hp.head_dim)
-            return super().attend(bid, np.split(qkv, cuts, axis=1), cache, start)
-        return cpu_ops.attend_f16(qkv, hp.n_head, self.rope.cos, self.rope.sin, self.model.arch.rope_neox,
-                                  cache.k16[bid], cache.v16[bid], start)
+            return super().attend(bid, np.split(qkv, self.qkv_cuts(), axis=1), cache, start)
+        rope = self.rope_for(bid)
+        return cpu_ops.attend_f16(qkv, hp.n_head, rope.cos, rope.sin, self.model.arch.rope_neox,
+                                  cache.k16[bid], cache.v16[bid], start, hp.scale, hp.window(bid), cache.ring(bid))
 
     def ffn_act(self, w: dict, h: np.ndarray) -> np.ndarray:
-        if GATE_UP not in w:
+        fused = GATE_UP if GATE_UP in w else "ffn_up" if "ffn_gate" not in w else None  # (Phi-3 stores it fused)
+        if fused is None:
             return super().ffn_act(w, h)
-        return cpu_ops.swiglu_halves(self.matmul(w[GATE_UP], h))  # (T, 2F) -> (T, F)
+        return HALVES[self.model.arch.activation](self.matmul(w[fused], h))  # (T, 2F) -> (T, F)
 
     def matmul(self, w, x: np.ndarray) -> np.ndarray:
         return kernels.linear(w, np.ascontiguousarray(x, dtype=np.float32))  # (T, rows)

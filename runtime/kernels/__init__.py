@@ -23,10 +23,14 @@ edgeslim/tables.py, its kernel in one family module):
     driver.py   activation quantization, prange mat-vec, tiled BLAS prefill, API
     planes.py   plane formats and numpy repack helpers
     grouped.py  shared body of the per-group-scale families
-    kquant.py   Q2_K..Q6_K          legacy.py  Q8_0 (32-wide ggml blocks)
+    kquant.py   Q2_K..Q6_K          legacy.py  Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL (32-wide)
     affine.py   AFFINE{b}_G{g}      floats.py  F16, BF16, F32
+    iq4xs.py    IQ4_XS (in place)   ternary.py TQ1_0, TQ2_0 (in place)
+    lattice.py  IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M (in place, grids in module constants)
+    superblock.py  shared body of the 256-weight super-block families
+    (../grids.py: IQ code tables and lattice grids; ../blocks.py: element-order block unpacking)
     sparse.py   edgeslim's sparse types (VALUE@2:4, VALUE@4:8, VALUE@50%): their own
-                SparsePacked and kernels; the functions below dispatch to them
+                SparsePacked and njit kernels (spec.register_own; the driver's API hands them over)
 
 Accuracy: int8 activations give a relative error of about 0.5% of the row's
 dot-product scale (|error| <~ sum_i |w_i x_i| / 254 per block, averaging down);
@@ -34,45 +38,10 @@ llama.cpp quantizes activations the same way (Q8_K / Q8_0).
 """
 from __future__ import annotations
 
-from . import affine, floats, kquant, legacy, sparse  # noqa: F401  (register the families)
-from . import driver
-from .driver import SMALL_T_8BIT, SMALL_T_FLOAT, SMALL_T_QUANT, TILE_ELEMS, Packed
+from . import affine, floats, iq4xs, kquant, lattice, legacy, sparse, ternary  # noqa: F401  (register the families)
+from .driver import (SMALL_T_8BIT, SMALL_T_FLOAT, SMALL_T_QUANT, TILE_ELEMS, Packed, concat_rows,
+                     dequantize, embed_rows, linear, prepare)
 from .emit import USE_AVX2
-
-
-def prepare(qtype: str, data, shape, scales=None, biases=None, index=None):
-    """Repack one stored weight (driver.prepare); a sparse one (its `index` given): sparse.prepare."""
-    if index is not None:
-        return sparse.prepare(qtype, data, index, shape)
-    return driver.prepare(qtype, data, shape, scales, biases)
-
-
-def _family(p):
-    return sparse if isinstance(p, sparse.SparsePacked) else driver
-
-
-def linear(p, x):
-    """x (T, cols) float32 -> (T, rows) float32 = x @ W.T."""
-    return _family(p).linear(p, x)
-
-
-def embed_rows(p, ids):
-    """Rows `ids` of the weight, dequantized: (len(ids), cols) float32."""
-    return _family(p).embed_rows(p, ids)
-
-
-def dequantize(p):
-    """The whole weight as float32 (rows, cols)."""
-    return _family(p).dequantize(p)
-
-
-def concat_rows(packs):
-    """One packed weight of the rows of `packs` stacked, or None when they cannot be."""
-    kinds = {isinstance(p, sparse.SparsePacked) for p in packs}
-    if len(kinds) > 1:
-        return None
-    return (sparse if kinds.pop() else driver).concat_rows(packs)
-
 
 __all__ = ["Packed", "prepare", "concat_rows", "linear", "dequantize", "embed_rows", "USE_AVX2",
            "SMALL_T_QUANT", "SMALL_T_8BIT", "SMALL_T_FLOAT", "TILE_ELEMS"]

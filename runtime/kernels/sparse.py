@@ -1,6 +1,6 @@
 """Numba kernels for edgeslim's sparse types ("Q4_K@2:4", "Q8_0@50%": edgeslim/quants/sparse.py).
 
-    p = prepare(qtype, values, index, shape)   # SparsePacked: the stored bytes, nothing expanded
+    p = prepare(qtype, values, shape, index)   # SparsePacked: the stored bytes, nothing expanded
     linear(p, x)    x (T, cols) float32 -> (T, rows) float32
     dequantize(p) / embed_rows(p, ids)         # dense float32 rows, pruned weights 0
     concat_rows(packs)                         # fused q|k|v, gate|up of one sparse type
@@ -12,7 +12,8 @@ four positions, bitmap bits -> columns), then every activation is multiplied as
 sum_k value_k * x[t, position_k] - float gathers, no int8 activations: the row's
 weights are read once per call (fewer bytes than the dense row), the index costs
 its decode and the gathers. Larger T: rows dequantized to dense tiles and BLAS,
-as the dense driver does.
+as the dense driver does. Registered with `spec.register_own`: the package's API
+(driver.py) hands this module the sparse weights and their SparsePacked.
 
 The block decoders compute exactly what ggml computes (same float32 operations
 in the same order), so `dequantize` equals the numpy reference bit for bit
@@ -20,6 +21,7 @@ in the same order), so `dequantize` equals the numpy reference bit for bit
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,12 +30,14 @@ from numba import njit, prange
 from ...errors import FormatError, UnsupportedError
 from ...quants.sparse import COMB_2_4, COMB_4_8, VALUE_TYPES, info_of
 from ...tables import quant_info
+from .spec import register_own
 
 SMALL_T = 16  # above: dense tiles + BLAS
 SLACK = 8  # position buffers run this far past the kept count (table writes need no bounds test)
 TILE_ELEMS = 1 << 22  # float32 weights per dequantized tile on the prefill path (16 MB)
 _INDEX = {"comb3": 0, "comb7": 1, "bitmap": 2}
-_VALUE = {v: k for k, v in enumerate(VALUE_TYPES)}  # Q2_K Q3_K Q4_K Q5_K Q6_K Q8_0 F16
+_VALUE = {v: k for k, v in enumerate(VALUE_TYPES)}  # the vcode branches of _decode_values:
+assert VALUE_TYPES == ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "F16"), "update _decode_values"
 COMB24 = np.ascontiguousarray(COMB_2_4, np.int32)  # (6, 2)
 COMB48 = np.ascontiguousarray(COMB_4_8, np.int32)  # (70, 4)
 # bitmap byte -> its set bits' positions (first popcount entries), and 2:4 index byte -> six positions
@@ -60,15 +64,24 @@ class SparsePacked:
         return int(self.values.nbytes + self.index.nbytes)
 
 
-def prepare(qtype: str, values, index, shape) -> SparsePacked:
-    """Check and hold one stored sparse weight (the bytes stay as stored: no expansion)."""
+def claims(qtype: str, index) -> bool:
+    """Whether a weight is this family's: a position index, or a sparse type name (tables.sparse_info)."""
+    return index is not None or "@" in qtype
+
+
+def prepare(qtype: str, values, shape, index) -> SparsePacked:
+    """Check and hold one stored sparse weight (a copy of the bytes as stored: no expansion)."""
     info = info_of(qtype)
+    if index is None:
+        raise FormatError(f"{qtype} weight of shape {tuple(shape)} has no {qtype} position index; the file is "
+                          "corrupt")
     rows, cols = (int(v) for v in shape)
     if info.value not in _VALUE:
         raise UnsupportedError(f"no CPU kernel for sparse values in {info.value}; re-convert with "
                                f"{', '.join(VALUE_TYPES)}")
-    v = np.ascontiguousarray(np.asarray(values).view(np.uint8)).reshape(rows, -1)
-    ix = np.ascontiguousarray(np.asarray(index).view(np.uint8)).reshape(rows, -1)
+    # own copies, as the dense kernels' repacked planes: the backend then drops the file's mapped pages
+    v = np.array(np.asarray(values).view(np.uint8), order="C").reshape(rows, -1)
+    ix = np.array(np.asarray(index).view(np.uint8), order="C").reshape(rows, -1)
     vinfo = quant_info(info.value)
     kept = v.shape[1] // vinfo.block_bytes * vinfo.block
     if ix.shape[1] != info.index_row_bytes(cols) or (info.pattern.m and kept != info.kept(cols)) \
@@ -313,3 +326,6 @@ def _q2k(raw, out):
                     for l in range(16 * half, 16 * half + 16):
                         q = (np.int32(raw[o + 16 + 32 * h + l]) >> (2 * quarter)) & 3
                         out[base + l] = dl * np.float32(q) - ml
+
+
+register_own(sys.modules[__name__], SparsePacked)

@@ -11,6 +11,8 @@ it registers its specs and provides
     x_widths(spec, colsp, planes) -> (nq, nd, ns)    activation buffer widths
     row_body(spec, e, P, X, T, ncols) -> finish(t)   emits one row's dot products
     deq_body(spec, e, P, out, ncols)                 emits one row's dequantization
+
+A family with its own packed class and kernels registers with `register_own` instead.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ class Spec:
     group:  elements per scale
     xblk:   activation int8 block (one float scale each); 0 for float weights
     sgroup: activation float-sum group (min / bias / offset terms)
-    stride: interleave stride of the kernel order inside a unit (1: stored order)
+    stride: interleave stride of the grouped families (chunk c, lane j = element j*stride + c of a unit)
     """
 
     name: str
@@ -67,6 +69,17 @@ def register(family: str, module, specs) -> None:
             for b in (False, True):
                 v = replace(s, portable=p, batched=b)
                 _SPECS[v.key] = v
+
+
+OWN: dict[type, object] = {}  # packed class -> module of a family that runs its own kernels
+
+
+def register_own(module, packed_cls: type) -> None:
+    """Add a family that packs and runs its weights itself instead of through Specs and the shared
+    driver (sparse.py: kept values + a position index, its own njit kernels). The driver's API hands
+    it the weights it claims and the objects of `packed_cls`; the module provides claims(qtype, index),
+    prepare(qtype, data, shape, index), linear, embed_rows, dequantize and concat_rows."""
+    OWN[packed_cls] = module
 
 
 def variant(spec: Spec, **kw) -> Spec:

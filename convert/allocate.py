@@ -77,7 +77,8 @@ from edgeslim.errors import FitError, InputError
 from edgeslim.targets import DEFAULT_CTX, OVERHEAD_BYTES, get_target, gib, kv_cache_bytes
 from edgeslim.tables import quant_info
 
-from .analyze import TensorAnalysis, effective_types, family_types, type_bytes
+from .analyze import TensorAnalysis, type_bytes
+from .candidates import effective_types, family_types, minimum_note
 
 SIGNALS = ("erank", "sensitivity", "uniform", "hybrid")
 # The default, chosen by measurement (scripts/bench_quality.py on the reference model,
@@ -404,6 +405,10 @@ def allocate(analyses: list[TensorAnalysis], budget_bytes: int, signal: str = DE
     names = [a.name for a in analyses]
     if len(set(names)) != len(names):
         raise InputError("allocate got the same tensor twice; pass each quantizable tensor once")
+    need, note = minimum_note({a.name: a.shape for a in analyses}, types)
+    if need > budget_bytes:
+        raise FitError(f"the budget is {gib(budget_bytes)} ({int(budget_bytes):,} bytes) but {note}; raise "
+                       "--bpw/--size, choose a bigger target or a smaller --ctx, or a smaller model")
     cost_signal = signal
     if signal == "uniform":  # costs only for the record: measured when available
         cost_signal = "sensitivity" if all(a.wsse for a in analyses) else "erank"

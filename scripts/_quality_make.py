@@ -23,7 +23,9 @@ from _quality_score import ScoreError, run_logged
 # Every llama-quantize file type of weights (its presets with their K / IQ mixtures included).
 LCP_TYPES = ("IQ1_S,IQ1_M,IQ2_XXS,IQ2_XS,IQ2_S,IQ2_M,IQ3_XXS,IQ3_XS,IQ3_S,IQ3_M,IQ4_XS,IQ4_NL,Q2_K_S,Q2_K,"
              "Q3_K_S,Q3_K_M,Q3_K_L,Q4_0,Q4_1,Q4_K_S,Q4_K_M,Q5_0,Q5_1,Q5_K_S,Q5_K_M,Q6_K,Q8_0")
-MLX_RECIPES = "2,3,4,5,6,mixed_2_6,mixed_3_4,mixed_3_6,mixed_4_6,dynamic_2_3,dynamic_3_4,dynamic_4_5"
+MLX_RECIPES = "2,3,4,5,6,mixed_2_6,mixed_3_4,mixed_3_6,mixed_4_6"
+# dynamic_LOW_HIGH recipes (mlx_lm dynamic_quant) are opt-in (--mlx-recipes ...,dynamic_3_4): its
+# sensitivity pass (gradients on MLX's CPU backend) took 12 min on the 3.7M-parameter demo model here
 # mlx_lm dynamic_quant reads its calibration text from a file it downloads; offline, this runs
 # it on ours instead (the same text edgeslim and llama-imatrix calibrate on): argv = calib file, its flags
 DYNAMIC_OFFLINE = """

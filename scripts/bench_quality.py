@@ -254,7 +254,7 @@ def cached_results(setup: Setup) -> list[dict]:
     out = []
     for f in sorted((setup.work / "results").glob("*.json")):
         r = json.loads(f.read_text())
-        if r.get("key") == setup.key and f.name != "f16.json":
+        if r.get("key") == setup.key and "status" in r and f.name != "f16.json":
             out.append(r)
     return out
 

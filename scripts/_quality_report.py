@@ -129,9 +129,13 @@ def results_table(f16: dict, results: list[dict]) -> list[str]:
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in [f16, *rows]:
         out.append(f"| {r['method']} | {r['config']} | {r['file_bytes']:,} | {r['bpw']:.3f} | {r['kl_mean']:.5f} | "
-                   f"{r.get('kl_p99', 0):.4f} | {100 * r.get('top1_same', 1):.2f}% | {r['ppl']:.4f} | "
+                   f"{_num(r.get('kl_p99'), '.4f')} | {100 * r.get('top1_same', 1):.2f}% | {r['ppl']:.4f} | "
                    f"{r['dppl']:+.4f} | {r.get('convert_s', '')} | {r.get('scorer', '')} |")
     return out
+
+
+def _num(x, fmt: str) -> str:
+    return "" if x is None else format(x, fmt)
 
 
 def chart(name: str, results: list[dict], png) -> bool:

@@ -26,6 +26,10 @@ PATTERNS = {  # llama-perplexity's summary lines
     "top1_same": r"Same top p:\s*([\d.]+)\s*±",
 }
 FINAL_PPL = r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)"
+# one row per chunk, running means: chunk, PPL ± err, ln(PPL ratio) ± err, KL ± err, Δp RMS ± err %, same top ± err %
+CHUNK_ROW = re.compile(r"^\s*(\d+)\s+([\d.]+)\s*±\s*([\d.]+)\s+-?[\d.]+\s*±\s*[\d.]+\s+(-?[\d.]+)\s*±\s*[\d.]+"
+                       r"\s+[\d.]+\s*±\s*[\d.]+\s*%\s+([\d.]+)\s*±", re.M)
+TRIES = 3  # llama.cpp's tools log from a thread that can lose the last lines at exit on a loaded machine
 
 
 class ScoreError(RuntimeError):
@@ -60,6 +64,16 @@ def parse_kld(text: str) -> dict:
     return out
 
 
+def parse_chunks(text: str, chunks: int) -> dict:
+    """The running means of the last chunk row when it is the last chunk (no KL p99 there)."""
+    rows = CHUNK_ROW.findall(text)
+    if not rows or int(rows[-1][0]) != chunks:
+        raise ScoreError(f"llama-perplexity printed {len(rows)} of {chunks} chunk rows")
+    _, ppl, err, kl, same = rows[-1]
+    return {"ppl": float(ppl), "ppl_error": float(err), "kl_mean": float(kl), "kl_p99": None,
+            "top1_same": float(same) / 100.0}
+
+
 class LlamaScorer:
     """llama-perplexity over the first `chunks` windows of `ctx` tokens of `text`."""
 
@@ -90,10 +104,14 @@ class LlamaScorer:
 
     def score(self, path: Path, log: Path) -> dict:
         t0 = time.perf_counter()
-        try:
-            out = parse_kld(run_logged(self._cmd(path) + ["--kl-divergence"], log))
-        except ScoreError:  # a summary line lost at exit: once more
-            out = parse_kld(run_logged(self._cmd(path) + ["--kl-divergence"], log))
+        for attempt in range(TRIES):
+            text = run_logged(self._cmd(path) + ["--kl-divergence"], log)
+            try:
+                out = parse_kld(text)
+                break
+            except ScoreError:
+                if attempt == TRIES - 1:
+                    out = parse_chunks(text, self.chunks)
         out.update(eval_s=round(time.perf_counter() - t0, 1), scorer=self.name)
         return out
 

@@ -70,3 +70,17 @@ def test_parse_llama_perplexity_summary():
                                  "kl_mean": 0.006855, "kl_p99": 0.053316, "top1_same": 0.95539})
     with pytest.raises(score.ScoreError, match="top1_same"):
         score.parse_kld(SAMPLE.replace("Same top p", "x"))
+
+
+ROWS = """chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence              Δp RMS            Same top p
+   1      20.2021 ±    3.0963       0.03154 ±    0.01114       0.00816 ±    0.00066     2.884 ±  0.308 %    92.157 ±  1.687 %
+   2      15.6715 ±    1.6875       0.00620 ±    0.00860       0.00786 ±    0.00067     2.506 ±  0.196 %    93.725 ±  1.075 %
+"""
+
+
+def test_chunk_rows_stand_in_for_a_lost_summary():
+    """llama.cpp's logging thread can drop the summary at exit: the last chunk's running means do."""
+    assert score.parse_chunks(ROWS, 2) == pytest.approx({"ppl": 15.6715, "ppl_error": 1.6875, "kl_mean": 0.00786,
+                                                         "kl_p99": None, "top1_same": 0.93725})
+    with pytest.raises(score.ScoreError, match="2 of 3 chunk rows"):
+        score.parse_chunks(ROWS, 3)

@@ -58,7 +58,8 @@ Signals (what "cost" means; all reduce to per-tensor (bytes, cost) options):
   times the median `act_mean` of the calibrated ones, to share the units.
 * erank: a proxy that needs no calibration: numel * erank_fraction *
   relative error of the type (measured plain SSE / ||W||^2, or the nominal
-  4^-bpw model when errors were not measured). Every weight counts the same,
+  4^-bpw model when errors were not measured), times HEAD_WEIGHT for the
+  output head (output.weight, or a tied token_embd.weight). Every weight counts the same,
   scaled by how much of its matrix's dimensionality it uses: a matrix whose
   spectrum is spread (high erank fraction) has no redundant directions to
   absorb noise, a low-rank one does.
@@ -75,7 +76,7 @@ from dataclasses import dataclass
 
 from edgeslim.errors import FitError, InputError
 from edgeslim.targets import DEFAULT_CTX, OVERHEAD_BYTES, get_target, gib, kv_cache_bytes
-from edgeslim.tables import quant_info
+from edgeslim.tables import TensorNames, quant_info
 
 from .analyze import TensorAnalysis, type_bytes
 from .candidates import effective_types, family_types, minimum_note
@@ -85,6 +86,10 @@ SIGNALS = ("erank", "sensitivity", "uniform", "hybrid")
 # docs/quality-ref.md): at 3.0-4.5 bpw erank's files had 0.57-0.61x the KL divergence
 # of sensitivity's at the same size, and lower dPPL at every size.
 DEFAULT_SIGNAL = "erank"
+# erank: the output head's error lands on the logits unfiltered, so its cost counts this many times.
+# Measured on the demo model (tied head, erank + GPTQ, --bpw 3.5, KL by llama-perplexity): weight 1 gave
+# the head Q3_K and KL 0.0619; 4 gave Q4_K and 0.0325; 16 gave Q5_K and 0.0365 (same file size).
+HEAD_WEIGHT = 4.0
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,8 @@ def tensor_costs(analyses: list[TensorAnalysis], signal: str, types) -> list[dic
             raise InputError(f"the {signal} signal needs measured errors but {missing[0]} has none: "
                              "analyze with measure=True or use --allocate erank")
     if signal == "erank":
-        return [_erank_costs(a, types) for a in analyses]
+        head = output_head(analyses)
+        return [_erank_costs(a, types, HEAD_WEIGHT if a.name == head else 1.0) for a in analyses]
     w = _weighted_errors(analyses, types)
     if signal == "hybrid":
         fracs = [a.stats["erank_fraction"] for a in analyses]
@@ -187,8 +193,17 @@ def tensor_costs(analyses: list[TensorAnalysis], signal: str, types) -> list[dic
     return w
 
 
-def _erank_costs(a: TensorAnalysis, types) -> dict[str, float]:
-    weight = a.numel * a.stats.get("erank_fraction", 1.0)  # unmeasured (uniform): nominal model only
+def output_head(analyses: list[TensorAnalysis]) -> str | None:
+    """The tensor that makes the logits: output.weight, or token_embd.weight when the head is tied to it."""
+    names = {a.name for a in analyses}
+    for n in (TensorNames.OUTPUT, TensorNames.TOKEN_EMBD):
+        if n in names:
+            return n
+    return None
+
+
+def _erank_costs(a: TensorAnalysis, types, scale: float = 1.0) -> dict[str, float]:
+    weight = scale * a.numel * a.stats.get("erank_fraction", 1.0)  # unmeasured (uniform): nominal model only
     energy = a.stats.get("energy", 0.0)
     out = {}
     for t in effective_types(types, a.shape[1]):

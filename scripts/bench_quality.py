@@ -179,8 +179,8 @@ def edgeslim_variants(setup: Setup, args, lcp_results: list[dict]) -> list[Varia
     for family in args.family.split(","):
         for signal in args.signals.split(","):
             for gptq in {"both": [False, True], "on": [True], "off": [False]}[args.gptq]:
-                s = series_name(signal, gptq, family)
-                stem = f"es-{family}-{signal}{'-gptq' if gptq else ''}"
+                s = series_name(signal, gptq, family) + (f" ({args.tag})" if args.tag else "")
+                stem = f"es-{family}-{signal}{'-gptq' if gptq else ''}" + (f"-{args.tag}" if args.tag else "")
                 kw = dict(signal=signal, gptq=gptq, family=family, calib=not args.no_calib)
                 for bpw in [float(x) for x in args.bpw.split(",") if x.strip()]:
                     out.append(Variant(f"{stem}-b{bpw:g}", "edgeslim", f"{s[9:]} --bpw {bpw:g}", s,
@@ -371,6 +371,8 @@ def parse_args(argv=None):
     p.add_argument("--no-match", dest="match", action="store_false",
                    help="skip edgeslim at the sizes of llama.cpp's envelope files")
     p.add_argument("--signals", default="erank")
+    p.add_argument("--tag", default="", help="a name for this converter version: kept apart from earlier results "
+                                             "(variant ids and series get it), so before/after share one report")
     p.add_argument("--gptq", choices=("both", "on", "off"), default="on")
     p.add_argument("--family", default="ggml", help="edgeslim families: ggml, affine or ggml,affine")
     p.add_argument("--lcp-types", default=make.LCP_TYPES)

@@ -314,3 +314,18 @@ def test_fit_error_blames_the_row_width_not_the_smallest_type():
     msg = str(err.value)
     assert f"{need:,} bytes" in msg and "rows of 576 (not a multiple of 256) take at least Q8_0 (8.5 bpw)" in msg
     assert "blk.*.attn_q.weight" in msg and "Q2_K (2.62 bpw): blk.*.ffn_down.weight" in msg
+
+
+def test_erank_weights_the_output_head(monkeypatch):
+    """The tensor that makes the logits (output.weight, else a tied token_embd.weight) counts
+    HEAD_WEIGHT times: it gets more bits than an otherwise identical tensor."""
+    monkeypatch.setattr(L, "HEAD_WEIGHT", 4.0)
+    for head, names in (("output.weight", ["token_embd.weight", "output.weight", "blk.0.ffn_up.weight"]),
+                        ("token_embd.weight", ["token_embd.weight", "blk.0.ffn_up.weight"])):
+        an = [_fake(n, shape=(256, 256)) for n in names]
+        assert L.output_head(an) == head
+        al = L.allocate(an, L.budget_from_bpw(4.0, an), "erank")
+        assert _bits(al, head) > _bits(al, "blk.0.ffn_up.weight"), al.tensor_types()
+    monkeypatch.setattr(L, "HEAD_WEIGHT", 1.0)
+    al = L.allocate(an, L.budget_from_bpw(4.5, an), "erank")  # room for Q4_K everywhere: no reason to differ
+    assert _bits(al, "token_embd.weight") == _bits(al, "blk.0.ffn_up.weight")

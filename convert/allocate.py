@@ -86,10 +86,12 @@ SIGNALS = ("erank", "sensitivity", "uniform", "hybrid")
 # docs/quality-ref.md): at 3.0-4.5 bpw erank's files had 0.57-0.61x the KL divergence
 # of sensitivity's at the same size, and lower dPPL at every size.
 DEFAULT_SIGNAL = "erank"
-# erank: the output head's error lands on the logits unfiltered, so its cost counts this many times.
-# Measured on the demo model (tied head, erank + GPTQ, --bpw 3.5, KL by llama-perplexity): weight 1 gave
-# the head Q3_K and KL 0.0619; 4 gave Q4_K and 0.0325; 16 gave Q5_K and 0.0365 (same file size).
-HEAD_WEIGHT = 4.0
+# erank: the output head's error lands on the logits unfiltered; its cost can count HEAD_WEIGHT times.
+# Measured on the demo model (tied head, erank + GPTQ, KL by llama-perplexity, same file sizes):
+# --bpw 3.5: weight 1 -> head Q3_K, KL 0.0619; 4 -> Q4_K, 0.0325; 16 -> Q5_K, 0.0365; but
+# --bpw 3.0: weight 1 -> KL 0.0834; 4 -> 0.1015 (the head's bits starve the rest). Left at 1 until
+# a signal that weighs the head by its measured effect wins at every size.
+HEAD_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ def test_envelope_and_the_file_of_equal_or_larger_size():
     assert report.best_at_or_above(env, 3.5e6) == (3.5e6, 0.05)  # equal size
     assert report.best_at_or_above(env, 3.6e6) == (4.6e6, 0.02)  # the next larger file, not interpolated
     assert report.best_at_or_above(env, 5e6) is None
+    near = report.envelope([(3.0e6, 0.1), (3.001e6, 0.08), (3.2e6, 0.05)])  # imatrix twin 0.03% larger: same size
+    assert report.best_at_or_above(near, 2.9e6) == (3.001e6, 0.08)
     assert report.best_at_most(env, 4.0e6) == (3.5e6, 0.05) and report.best_at_most(env, 2e6) is None
 
 

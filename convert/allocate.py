@@ -86,12 +86,12 @@ SIGNALS = ("erank", "sensitivity", "uniform", "hybrid")
 # docs/quality-ref.md): at 3.0-4.5 bpw erank's files had 0.57-0.61x the KL divergence
 # of sensitivity's at the same size, and lower dPPL at every size.
 DEFAULT_SIGNAL = "erank"
-# erank: the output head's error lands on the logits unfiltered; its cost can count HEAD_WEIGHT times.
-# Measured on the demo model (tied head, erank + GPTQ, KL by llama-perplexity, same file sizes):
-# --bpw 3.5: weight 1 -> head Q3_K, KL 0.0619; 4 -> Q4_K, 0.0325; 16 -> Q5_K, 0.0365; but
-# --bpw 3.0: weight 1 -> KL 0.0834; 4 -> 0.1015 (the head's bits starve the rest). Left at 1 until
-# a signal that weighs the head by its measured effect wins at every size.
-HEAD_WEIGHT = 1.0
+# erank: the output head's error lands on the logits unfiltered, so its cost counts HEAD_WEIGHT times.
+# Measured on the demo model (tied head, erank + GPTQ, KL by llama-perplexity, docs/quality-ref.md),
+# KL with weight 1 -> 4 at the same file sizes: --bpw 3.0 0.0834 -> 0.1015 (worse: the head's bits
+# starve the rest), 3.5 0.0619 -> 0.0325, 4.0 0.0187 -> 0.0118, 4.5 0.0130 -> 0.0061; at 3.5 a
+# weight of 16 (head Q5_K) gave 0.0365.
+HEAD_WEIGHT = 4.0
 
 
 @dataclass(frozen=True)

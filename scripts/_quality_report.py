@@ -38,10 +38,10 @@ def envelope(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 SAME_SIZE = 0.005  # files within 0.5% of each other count as one size (an imatrix adds ~300 bytes of metadata)
 
 
-def best_at_or_above(env: list[tuple[float, float]], x: float) -> tuple[float, float] | None:
-    """(size, kl) of the best file no larger than the smallest envelope file of size >= x (or within
-    SAME_SIZE of it); None past the largest."""
-    first = next((px for px, _ in env if px >= x), None)
+def best_at_or_above(env: list[tuple[float, float]], x: float, sizes=None) -> tuple[float, float] | None:
+    """(size, kl) of the best file no larger than the smallest file of size >= x among `sizes` (default:
+    the envelope's), or within SAME_SIZE of it; None past the largest."""
+    first = min((s for s in (sizes if sizes is not None else [px for px, _ in env]) if s >= x), default=None)
     if first is None:
         return None
     return [(px, py) for px, py in env if px <= first * (1 + SAME_SIZE)][-1]
@@ -65,12 +65,13 @@ def _lcp_name(results: list[dict], size: float, key: str, kl: float | None = Non
 def goal1(results: list[dict], series: str) -> tuple[str, list[dict]]:
     """GOAL1 for one edgeslim series: the verdict line and one row per point in range."""
     env = lcp_envelope(results)
+    sizes = [r["file_bytes"] for r in ok(results) if r["method"] in LCP]
     lo, hi = GOAL1_RANGE
     pts = sorted((r for r in ok(results) if r.get("series") == series and lo - 0.05 <= r["bpw"] <= hi + 0.05),
                  key=lambda r: r["file_bytes"])
     rows, fails = [], 0
     for r in pts:
-        peer = best_at_or_above(env, r["file_bytes"])
+        peer = best_at_or_above(env, r["file_bytes"], sizes)
         if peer is None:
             rows.append({"id": r["id"], "bpw": r["bpw"], "bytes": r["file_bytes"], "kl": r["kl_mean"], "peer": None})
             continue

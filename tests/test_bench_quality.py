@@ -27,6 +27,8 @@ def test_envelope_and_the_file_of_equal_or_larger_size():
     assert env == [(3.0e6, 0.10), (3.5e6, 0.05), (4.6e6, 0.02)]  # mlx-lm is not llama.cpp
     assert report.best_at_or_above(env, 3.5e6) == (3.5e6, 0.05)  # equal size
     assert report.best_at_or_above(env, 3.6e6) == (4.6e6, 0.02)  # the next larger file, not interpolated
+    # the next larger file is Q3_K_S (4.0 MB, off the envelope): the best no larger than it is IQ3_XXS
+    assert report.best_at_or_above(env, 3.6e6, [r["file_bytes"] for r in LCP[:4]]) == (3.5e6, 0.05)
     assert report.best_at_or_above(env, 5e6) is None
     near = report.envelope([(3.0e6, 0.1), (3.001e6, 0.08), (3.2e6, 0.05)])  # imatrix twin 0.03% larger: same size
     assert report.best_at_or_above(near, 2.9e6) == (3.001e6, 0.08)
@@ -38,10 +40,11 @@ def test_goal1_ratio_per_size_and_verdict():
             _r("edgeslim", "b3.6", 3.6e6, 0.016, 3.6, "edgeslim erank"),  # vs IQ4_XS (larger): 0.8x
             _r("edgeslim", "b6", 6.0e6, 0.001, 6.0, "edgeslim erank")]    # outside 2.5-5.0: not counted
     line, rows = report.goal1(LCP + mine, "edgeslim erank")
-    assert [round(x["ratio"], 3) for x in rows] == [0.6, 0.8]
-    assert rows[1]["peer"] == "llama.cpp+imatrix IQ4_XS" and "NOT MET at 1 of 2 sizes" in line
-    line, _ = report.goal1(LCP + mine[:1], "edgeslim erank")
-    assert "MET (worst 0.60x" in line
+    assert [round(x["ratio"], 3) for x in rows] == [0.6, 0.32]  # 3.6 MB: vs IQ3_XXS (Q3_K_S, 4.0 MB, is next)
+    assert rows[1]["peer"] == "llama.cpp+imatrix IQ3_XXS" and "MET (worst 0.60x" in line
+    mine[1]["kl_mean"] = 0.04  # 0.8x IQ3_XXS
+    line, rows = report.goal1(LCP + mine, "edgeslim erank")
+    assert "NOT MET at 1 of 2 sizes" in line
     table = report.goal1_table(rows)
     assert "**0.80x**" in table[-1] and "0.60x" in table[-2]
 

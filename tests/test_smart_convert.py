@@ -170,7 +170,10 @@ def _bits(report: dict, name: str) -> float:
     return 8.0 * a["bytes"] / (256 * 512)
 
 
-def test_calibration_gives_bits_to_scaled_inputs(llama, tmp_path):
+def test_calibration_gives_bits_to_scaled_inputs(llama, tmp_path, monkeypatch):
+    from edgeslim.convert import allocate
+
+    monkeypatch.setattr(allocate, "HEAD_WEIGHT", 1.0)  # calibration's effect alone, not the head's weight
     folder = _scaled_copy(llama, tmp_path / "scaled", 8.0)
     cal = convert(str(folder), tmp_path / "c.gguf", bpw=4.0, calib_tokens=CALIB_TOKENS, progress=False)
     plain = convert(str(folder), tmp_path / "p.gguf", bpw=4.0, calib=False, progress=False)

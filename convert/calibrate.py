@@ -1,4 +1,4 @@
-"""Calibration statistics of an HF Llama / Mistral / Qwen2 model, computed one decoder layer at a time.
+"""Calibration statistics of an HF model (any family in `edgeslim.arch`), computed one decoder layer at a time.
 
     collect(model_dir, calib=None, n_tokens=4096, seq_len=512, want_hessian=False, on_layer=None) -> CalibStats
     calib_token_ids(model_dir, calib, n_tokens, seq_len) -> list[np.ndarray]   # the sequences collect() runs
@@ -56,8 +56,6 @@ BATCH_TOKENS = 2048  # tokens per forward pass (bounds the activation memory)
 CHARS_PER_TOKEN_MAX = 16  # text read per wanted token: generous for any tokenizer
 DEFAULT_CALIB_FILE = "calib_default.txt"
 
-# HF model_type -> transformers class-name prefix (modeling module transformers.models.<type>.modeling_<type>)
-_HF_CLASSES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
 
 
 @dataclass
@@ -215,12 +213,11 @@ class _Checkpoint:
         self.folder = folder
         raw = read_config(folder)
         self.arch: Arch = arch_for_config(raw)
-        model_type = str(raw.get("model_type", ""))
-        if model_type not in _HF_CLASSES:
-            raise UnsupportedError(f"calibration runs {', '.join(_HF_CLASSES)} models, not {model_type!r}; "
+        module, prefix = self.arch.hf_module, self.arch.hf_prefix  # the family names its transformers classes
+        if not module:
+            raise UnsupportedError(f"calibration has no transformers modules for {self.arch.name} models; "
                                    "convert without calibration")
-        prefix = _HF_CLASSES[model_type]
-        mod = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+        mod = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
         self.layer_cls = getattr(mod, f"{prefix}DecoderLayer")
         self.rotary_cls = getattr(mod, f"{prefix}RotaryEmbedding")
         self.norm_cls = getattr(mod, f"{prefix}RMSNorm")
@@ -241,7 +238,7 @@ class _Checkpoint:
         """(len(ids), hidden) float32 rows of the embedding, read row by row (never the whole matrix)."""
         import torch
 
-        name = "model.embed_tokens.weight"
+        name = self.arch.HF_EMBED
         if name not in self.entries:
             raise InputError(f"{self.folder}: the weights lack {name}; finish the download")
         e = self.entries[name]
@@ -254,7 +251,9 @@ class _Checkpoint:
         row = (e.end - e.begin) // vocab
         rows = np.stack([safetensors_read.load(safetensors_read.Entry(
             e.path, e.dtype, (e.shape[1],), e.begin + int(t) * row, e.begin + (int(t) + 1) * row)) for t in uniq])
-        return torch.from_numpy(rows[inv.reshape(-1)])
+        scale = self.arch.hf_embed_scale()  # e.g. Gemma's sqrt(hidden), applied inside its embedding module
+        out = rows[inv.reshape(-1)]
+        return torch.from_numpy(out * np.float32(scale) if scale != 1.0 else out)
 
     def layer(self, i: int):
         """Decoder layer i with its checkpoint weights (float32), built without random init."""
@@ -263,12 +262,12 @@ class _Checkpoint:
         with torch.device("meta"):
             layer = self.layer_cls(self.config, i)
         names = list(layer.state_dict())
-        layer.load_state_dict({n: self.tensor(f"model.layers.{i}.{n}") for n in names}, assign=True)
+        layer.load_state_dict({n: self.tensor(self.arch.hf_block(i) + n) for n in names}, assign=True)
         return layer.eval()
 
     def final_norm(self):
         norm = self.norm_cls(self.config.hidden_size, eps=self.config.rms_norm_eps)
-        norm.load_state_dict({"weight": self.tensor("model.norm.weight")})
+        norm.load_state_dict({"weight": self.tensor(self.arch.HF_NORM)})
         return norm.eval()
 
     def mask_fn(self, i: int):
@@ -395,7 +394,8 @@ class _Runner:
                 pos = torch.arange(h.shape[1]).unsqueeze(0)  # (1, T)
                 mask = mask_fn(config=self.ck.config, inputs_embeds=h, attention_mask=None, cache=None,
                                position_ids=pos)
-                y = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=self.rotary(h, pos))
+                rope = self.rotary(h, pos, **self.ck.arch.hf_rotary_kwargs(self.ck.config, i))
+                y = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=rope)
                 y = y[0] if isinstance(y, tuple) else y
                 for j, k in enumerate(idx):
                     out[k] = y[j]
@@ -406,7 +406,7 @@ class _Runner:
 
 def _layer_param(layer, i: int, ck: _Checkpoint, gguf_name: str):
     params = dict(layer.named_parameters())
-    prefix = f"model.layers.{i}."
+    prefix = ck.arch.hf_block(i)
     hf = ck.arch.hf_name(gguf_name)
     if not hf.startswith(prefix) or hf[len(prefix):] not in params:
         raise ValueError(f"on_layer named {gguf_name}, which is not a tensor of layer {i}")
@@ -448,7 +448,7 @@ def _release(layer, i: int, ck: _Checkpoint, names: list[str]) -> None:
 def _check_filled(layer, i: int) -> None:
     for name, p in layer.named_parameters():
         if hasattr(p, "full_shape"):
-            raise ValueError(f"on_layer released model.layers.{i}.{name} but never replaced it")
+            raise ValueError(f"on_layer released layer {i}'s {name} but never replaced it")
 
 
 def collect(model_dir: str | Path, calib=None, n_tokens: int = DEFAULT_CALIB_TOKENS, seq_len: int = DEFAULT_SEQ_LEN,
@@ -499,7 +499,7 @@ def _collect(ck: _Checkpoint, seqs: list[np.ndarray], want_hessian: bool, on_lay
         trace.append(hidden)
     for i in range(ck.arch.n_layers):
         layer = ck.layer(i)
-        hooks = _Hooks(layer, lambda n, i=i: ck.arch.gguf_name(f"model.layers.{i}.{n}.weight"), want_hessian)
+        hooks = _Hooks(layer, lambda n, i=i: ck.arch.gguf_name(f"{ck.arch.hf_block(i)}{n}.weight"), want_hessian)
         out = runner.run(layer, i, hidden, hooks)
         hooks.remove()
         stats = hooks.stats(i, want_hessian)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 
+from edgeslim.tables import AFFINE_GROUPS
 from edgeslim.targets import DEFAULT_CTX, TARGETS
 
 from .allocate import SIGNALS
 from .calibrate import add_calib_args
+from .plan import FAMILIES, QUANT_HELP
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -16,17 +18,16 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="Hugging Face model folder (config.json + *.safetensors), hub id, or F32/F16/BF16 .gguf")
     parser.add_argument("-o", "--out", required=True, metavar="OUT.gguf", help="output GGUF file")
     parser.add_argument("--quant", metavar="TYPE",
-                        help="one type for every matrix: F32, F16, BF16, Q8_0, Q6_K, Q5_K, Q4_K, Q3_K, Q2_K or "
-                             "AFFINE{2..8}_G{32,64} (default: F16 unless --target, --bpw or --size is given)")
+                        help=QUANT_HELP + " (default: F16 unless --target, --bpw or --size is given)")
     parser.add_argument("--target", metavar="NAME",
                         help=f"device to fit, a type per matrix chosen to fill it: {', '.join(TARGETS)}")
     parser.add_argument("--bpw", type=float, metavar="X",
                         help="bits per weight over the weight matrices, a type per matrix (e.g. 4.5)")
     parser.add_argument("--size", metavar="S", help="largest file size, a type per matrix (e.g. 3.9GB, 3.5GiB)")
-    parser.add_argument("--family", choices=("ggml", "affine"),
+    parser.add_argument("--family", choices=FAMILIES,
                         help="types to choose from (ggml: llama.cpp's Q2_K..Q8_0; affine: MLX's AFFINE2..8)")
-    parser.add_argument("--group", type=int, choices=(32, 64), default=64,
-                        help="affine group size for chosen types and the --quant 2..8 shorthand (default 64)")
+    parser.add_argument("--group", type=int, choices=AFFINE_GROUPS, default=64,
+                        help="affine group size for chosen types and for --family affine --quant BITS (default 64)")
     parser.add_argument("--allocate", choices=SIGNALS,
                         help="how types are chosen under a budget (default erank: relative error of each "
                              "type scaled by the matrix's effective rank; chosen by benchmark, docs/quality-ref.md)")

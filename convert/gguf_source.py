@@ -17,6 +17,7 @@ from edgeslim.errors import UnsupportedError
 from edgeslim.gguf_file import GGUFFile
 from edgeslim.tables import GGUF_MAGIC, GGMLType, Keys
 
+from edgeslim.arch import RUNTIME
 from .model import SourceModel, TensorSpec
 
 FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
@@ -41,6 +42,13 @@ def open_gguf(path: Path) -> SourceModel:
     arch = f.arch
     if not arch:
         raise UnsupportedError(f"{path} has no general.architecture; it is not a model file")
+    known = sorted(RUNTIME)
+    if arch not in known:
+        raise UnsupportedError(f"{path}: architecture {arch!r} is not supported; edgeslim converts "
+                               f"{', '.join(known)} GGUF files")
+    if not any(len(t.shape) == 2 for t in f.tensors.values()):
+        raise UnsupportedError(f"{path} has no weight matrices ({len(f.tensors)} tensors; a vocab-only file?); "
+                               "give a model GGUF with its weights")
     n_heads = _count(f.get(Keys.HEADS, 1))
     head_dim = _count(f.get(Keys.KEY_LENGTH) or _count(f.get(Keys.EMBED, 0)) // max(n_heads, 1))
     specs = [TensorSpec(t.name, t.shape, lambda n=t.name: np.array(f.array(n), dtype=np.float32))

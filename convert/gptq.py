@@ -1,4 +1,6 @@
-"""GPTQ (Frantar et al., 2022) into edgeslim's block formats: ggml Q8_0 / Q2_K..Q6_K and AFFINE{b}_G{g}.
+"""GPTQ (Frantar et al., 2022) into edgeslim's block formats: ggml Q8_0 / Q2_K..Q6_K, the legacy
+32-wide types, IQ4_NL / IQ4_XS, TQ1_0 / TQ2_0, AFFINE{b}_G{g}; the lattice IQ types by vector GPTQ
+(gptq_vq.py).
 
     gptq_quantize(w (rows, cols), H (cols, cols), qtype, damp=0.01, block_cols=128, importance=None) -> QTensor
     prepare_hessian(H, damp=0.01) -> PreparedHessian   # factor once, pass as H for q/k/v or gate/up
@@ -60,10 +62,12 @@ import numpy as np
 
 from edgeslim.errors import InputError, UnsupportedError
 from edgeslim.quants import QTensor, quantize
-from edgeslim.quants import affine, q2_k, q3_k, q4_k, q6_k, q8_0
+from edgeslim.quants import affine, iq4, legacy, q2_k, q3_k, q4_k, q6_k, q8_0, ternary
 from edgeslim.quants._common import safe_div
 from edgeslim.quants.search import asym_base, asym_subblock_fit, rint_clip, sym_subblock_fit
-from edgeslim.tables import parse_affine, quant_info
+from edgeslim.tables import QK_K, parse_affine, quant_info
+
+from .gptq_vq import LATTICES, gptq_lattice
 
 F64 = np.float64
 MAX_DAMP_RETRIES = 6
@@ -74,7 +78,8 @@ MAX_DAMP_RETRIES = 6
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Format:
-    """One quant type seen as per-sub-block grids: value = a * (code - zero) - b, code in [lo, hi].
+    """One quant type seen as per-sub-block grids: value = a * (code - zero) - b, code in [lo, hi]
+    (or a * table[code] - b for a non-uniform grid).
 
     params are the per-block arguments of the module's `pack` without the codes,
     each with a leading `rows` axis; `steps(params) -> (a, b)` (rows, S) float32
@@ -92,6 +97,8 @@ class _Format:
     pack: Callable | None  # (*params, codes (rows, block)) -> raw
     steps: Callable
     subfit: Callable | None = None
+    table: np.ndarray | None = None  # non-uniform grids (IQ4): value = a * table[code] - b
+    index: Callable | None = None  # with a table: scaled weight -> code of the nearest table value
 
 
 def _asym_steps(p):
@@ -142,18 +149,20 @@ def _asym_subfit(nmax, scmax, factors):
     return fit
 
 
-def _sym_subfit(lo, hi, qlo, qhi, factors):
-    """Best integer q of sub-block s for the fixed fp16 d of its super-block (same scheme as `_asym_subfit`)."""
+def _sym_subfit(lo, hi, qlo, qhi, factors, rounder=None):
+    """Best integer q of sub-block s for the fixed fp16 d of its super-block (same scheme as `_asym_subfit`);
+    rounder(v) -> nearest grid value for a non-uniform grid (default: integers in [lo, hi])."""
+    rounder = rounder or (lambda v: rint_clip(v, lo, hi))
 
     def err_of(x, w, d, q):
         e = d * q.astype(np.float32)
-        return _werr(x - e * rint_clip(x * safe_div(np.float32(1), e).astype(np.float32), lo, hi), w)
+        return _werr(x - e * rounder(x * safe_div(np.float32(1), e).astype(np.float32)), w)
 
     def fit(p, x, w, s):
         d, q = p
         xe = x[:, :, None]
         we = None if w is None else np.broadcast_to(w[:, None, None], xe.shape)
-        center = np.rint(safe_div(sym_subblock_fit(xe, we, lo, hi, factors)[:, 0], d))
+        center = np.rint(safe_div(sym_subblock_fit(xe, we, lo, hi, factors, rounder=rounder)[:, 0], d))
         best = [err_of(x, w, d, q[:, s]), q[:, s].astype(np.float32)]
         for k in (-1, 0, 1):
             cq = np.clip(center + k, qlo, qhi)
@@ -168,7 +177,26 @@ def _q8_steps(p):
     return d[:, None], np.zeros((len(d), 1), np.float32)
 
 
-# ggml type -> (sub-block width, code range lo..hi, zero code, unpack, pack, steps, sub-block refit)
+def _offset_steps(p):
+    """Q4_1 / Q5_1: value = d * code + m."""
+    d, m = p
+    return d[:, None], -m[:, None]
+
+
+def _legacy(name: str):
+    t = legacy.TYPES[name]
+    if t.zero is None:
+        return (legacy.BLOCK, 0, t.nmax, 0, lambda raw: legacy.unpack_params(t, raw),
+                lambda d, m, code: legacy.pack(t, d, m, code), _offset_steps, None)
+    return (legacy.BLOCK, 0, t.nmax, t.zero, lambda raw: legacy.unpack_params(t, raw)[:1],
+            lambda d, code: legacy.pack(t, d, None, code), _q8_steps, None)
+
+
+def _ternary(unpack, pack):
+    return QK_K, 0, 2, 1, lambda raw: (unpack(raw),), pack, _q8_steps, None
+
+
+# ggml type -> (sub-block width, code range lo..hi, zero code, unpack, pack, steps, sub-block refit[, table, index])
 _GGML = {
     "Q8_0": lambda: (q8_0.BLOCK, -128, 127, 0, lambda raw: (q8_0.unpack_params(raw),), q8_0.pack, _q8_steps, None),
     "Q2_K": lambda: (q2_k.SUB, 0, 3, 0, q2_k.unpack_params, q2_k.pack, _asym_steps, _asym_subfit(3, 15, q2_k.FACTORS)),
@@ -180,14 +208,26 @@ _GGML = {
                      _asym_subfit(31, 63, q4_k.FACTORS_Q5)),
     "Q6_K": lambda: (q6_k.SUB, 0, 63, 32, q6_k.unpack_params, q6_k.pack, _sym_steps,
                      _sym_subfit(-32, 31, -128, 127, q6_k.FACTORS)),
+    **{n: (lambda n=n: _legacy(n)) for n in legacy.TYPES},
+    "IQ4_NL": lambda: (iq4.BLOCK, 0, 15, 0, lambda raw: (iq4.unpack_params_nl(raw),), iq4.pack_nl, _q8_steps, None,
+                       iq4.KVALUES.astype(np.float32), iq4.index_of),
+    "IQ4_XS": lambda: (iq4.SUB, 0, 15, 0, iq4.unpack_params_xs, iq4.pack_xs, _sym_steps,
+                       _sym_subfit(-127, 113, -32, 31, iq4.FACTORS, rounder=iq4.nearest),
+                       iq4.KVALUES.astype(np.float32), iq4.index_of),
+    "TQ2_0": lambda: _ternary(ternary.unpack_params_tq2, ternary.pack_tq2),
+    "TQ1_0": lambda: _ternary(ternary.unpack_params_tq1, ternary.pack_tq1),
 }
 
 
-def _format(qtype: str) -> _Format:
+def _canonical(qtype: str) -> str:
     try:
-        name = quant_info(qtype).name
+        return quant_info(qtype).name
     except ValueError as err:
         raise UnsupportedError(str(err)) from None
+
+
+def _format(qtype: str) -> _Format:
+    name = _canonical(qtype)
     aff = parse_affine(name)
     if aff:
         bits, group = aff
@@ -195,7 +235,7 @@ def _format(qtype: str) -> _Format:
         return _Format(name, group, group, 0, (1 << bits) - 1, 0, None, None, lambda p: (p[0][:, None], p[1][:, None]))
     if name not in _GGML:
         raise UnsupportedError(f"GPTQ writes quantized block types, not {name}; keep float tensors as they are or "
-                               f"choose one of {', '.join(_GGML)} or AFFINE{{2,3,4,5,6,8}}_G{{32,64}}")
+                               f"choose one of {', '.join((*_GGML, *LATTICES))} or AFFINE{{2,3,4,5,6,8}}_G{{32,64}}")
     return _Format(name, quant_info(name).block, *_GGML[name]())
 
 
@@ -303,23 +343,32 @@ def _tri_inverse_lower_inplace(L: np.ndarray) -> np.ndarray:
 
 
 def gptq_quantize(w: np.ndarray, H, qtype: str, damp: float = 0.01, block_cols: int = 128,
-                  importance: np.ndarray | None = None, refine_subblocks: bool = True) -> QTensor:
+                  importance: np.ndarray | None = None, refine_subblocks: bool | None = None) -> QTensor:
     """GPTQ-quantize w (rows, cols) float32 against the Hessian H = 2 X^T X / n into qtype.
 
     H: (cols, cols) array, or a PreparedHessian (then `damp` is the one it was prepared
     with) to share one factorization among matrices with the same input.
-    qtype: Q8_0, Q2_K..Q6_K or AFFINE{bits}_G{group}.  importance (cols,) weights the
-    scale searches (default diag H).  refine_subblocks: re-choose k-quant sub-block scales
-    at each sub-block's first column (lowers the output error 15-25%, costs 20-30% more time).
+    qtype: Q8_0, Q2_K..Q6_K, Q4_0/Q4_1/Q5_0/Q5_1, IQ4_NL/IQ4_XS, TQ1_0/TQ2_0,
+    AFFINE{bits}_G{group}, or a lattice type (IQ2_XXS/IQ2_XS/IQ2_S/IQ3_XXS/IQ3_S, by
+    vector GPTQ: `gptq_vq.py`).  importance (cols,) weights the scale searches (default
+    diag H).  refine_subblocks: re-choose sub-block scales at each sub-block's first
+    column; None = on for the k-quants and IQ4_XS (lowers the output error 15-25%, costs
+    20-30% more time), off for the lattice types (3-9% lower error for ~1.8x the time).
     Returns a QTensor that `edgeslim.quants.dequantize` (and gguf-py for the ggml types) reads.
     """
+    if _canonical(qtype) in LATTICES:
+        name = _canonical(qtype)
+        w, H = _check(w, H, name, QK_K, importance)
+        prep = H if isinstance(H, PreparedHessian) else prepare_hessian(H, damp)
+        imp = prep.diag if importance is None else np.asarray(importance, np.float32)
+        return gptq_lattice(w, prep.U, prep.dead, imp, name, block_cols, bool(refine_subblocks))
     fmt = _format(qtype)
     w, H = _check(w, H, fmt.name, fmt.block, importance)
     rows, cols = w.shape
     prep = H if isinstance(H, PreparedHessian) else prepare_hessian(H, damp)
     U, dead = prep.U, prep.dead
     imp = prep.diag if importance is None else np.asarray(importance, np.float32)
-    grid = _Grid(fmt, None if not imp.any() else imp, refine_subblocks)
+    grid = _Grid(fmt, None if not imp.any() else imp, refine_subblocks is not False)
     Wt = np.array(w.T, np.float32, order="C")  # (cols, rows): column j of w is the contiguous row Wt[j]
     Wt[dead] = 0.0
     codes = np.empty((cols, rows), np.int16)
@@ -366,7 +415,11 @@ class _Grid:
         fmt = self.fmt
         s = (j % fmt.block) // fmt.sub
         a, b = self.a[s], self.b[s]
-        code = np.clip(np.rint((x + b) * safe_div(np.float32(1), a).astype(np.float32)) + fmt.zero, fmt.lo, fmt.hi)
+        v = (x + b) * safe_div(np.float32(1), a).astype(np.float32)
+        if fmt.table is not None:
+            code = fmt.index(v)
+            return code, a * fmt.table[code] - b
+        code = np.clip(np.rint(v) + fmt.zero, fmt.lo, fmt.hi)
         return code, a * (code - fmt.zero) - b
 
 

@@ -137,7 +137,7 @@ def open_hf(src: str) -> SourceModel:
     specs += [TensorSpec(n, a.shape, lambda a=a: a) for n, a in arch.extra_tensors()]
     specs.sort(key=lambda s: tensor_order(s.name))
     _check_complete(specs, arch, folder)
-    vocab = load_vocab(folder, arch.vocab_size)
+    vocab = load_vocab(folder, arch.vocab_size, arch.spm_space_prefix)
 
     name = str(config.get("_name_or_path") or "").rstrip("/").split("/")[-1] or folder.name
 
@@ -154,9 +154,7 @@ def open_hf(src: str) -> SourceModel:
 def _check_complete(specs: list[TensorSpec], arch: Arch, folder: Path) -> None:
     names = {s.name for s in specs}
     needed = [TensorNames.TOKEN_EMBD, TensorNames.OUTPUT_NORM] + [
-        t.format(bid=b) for b in range(arch.n_layers)
-        for t in (TensorNames.ATTN_Q, TensorNames.ATTN_K, TensorNames.ATTN_V, TensorNames.ATTN_OUT,
-                  TensorNames.FFN_GATE, TensorNames.FFN_UP, TensorNames.FFN_DOWN)]
+        name for b in range(arch.n_layers) for name in arch.block_tensors(b).values()]
     missing = [n for n in needed if n not in names]
     if missing:
         raise InputError(f"{folder}: weights are missing {arch.hf_name(missing[0])} ({len(missing)} tensors in all); "

@@ -43,7 +43,9 @@ from .header import add_header
 from .hf import open_hf
 from .model import SourceModel, TensorSpec
 from .notes import note
-from .plan import DEFAULT_QUANT, Planned, make_plan, matrix_bpw, plan_bytes, resolve_quant, type_histogram
+from .output_guard import refuse_source_overwrite
+from .plan import (DEFAULT_QUANT, Planned, make_plan, matrix_bpw, plan_bytes, resolve_quant, type_histogram,
+                   written_summary)
 
 _LONG = 200_000_000  # weights: above this a progress bar is shown even without a TTY
 DEFAULT_CALIB_TOKENS = 4096  # as calibrate.DEFAULT_CALIB_TOKENS (not imported: that module is heavier)
@@ -77,6 +79,7 @@ def convert(src: str, out: str | Path, quant: str | None = None, family: str | N
     smallest types do not fit.
     """
     out = _check_output(out, force)
+    refuse_source_overwrite(src, out)
     if ctx <= 0:
         raise InputError(f"--ctx must be a positive number of tokens, got {ctx}")
     mode = conversion_mode(quant, target, bpw, size, allocate, group, gptq)
@@ -222,8 +225,8 @@ def write(model: SourceModel, plan: list[Planned], out: Path, fit: Fit, family: 
         report = build_report(model, plan, fit, family, errors, extra, out_errors)
         g.fill_string(Keys.ES_REPORT, json.dumps(report, separators=(",", ":")))
     total = sum(p.nbytes for p in plan)
-    print(f"edgeslim: wrote {out} ({total / 2**20:.1f} MiB of weights, {len(plan)} tensors, {fit.qtype})",
-          file=sys.stderr)
+    print(f"edgeslim: wrote {out} ({total / 2**20:.1f} MiB of weights, {len(plan)} tensors; matrices: "
+          f"{written_summary(plan)})", file=sys.stderr)
     return report
 
 
@@ -274,7 +277,11 @@ def write_tensor(g: GGUFOut, p: Planned, importance: np.ndarray | None = None, b
 
 def progress_bar(total: int, progress: bool | None, desc: str = "convert"):
     """A tqdm bar over `total` weights, or None: progress True/False forces it, None shows it on a TTY
-    or for models above _LONG weights."""
+    or for models above _LONG weights; a callable gets the updates instead (convert/progress.py)."""
+    if callable(progress):
+        from .progress import CallbackBar
+
+        return CallbackBar(total, progress, desc)
     show = progress if progress is not None else (sys.stderr.isatty() or total > _LONG)
     if not show:
         return None

@@ -2,8 +2,9 @@
 
 Only 2-D weight matrices take the chosen type; norms, biases and tables stay
 F32 (`tables.is_quantizable`). A matrix whose row length is not a multiple of
-the type's block gets `quants.fallback_type` (K-quant -> Q8_0 -> F16, affine
-G64 -> G32 -> F16), as llama.cpp does, and the plan records why.
+the type's block gets `quants.fallback_type` (as llama.cpp: IQ/Q2_K/Q3_K -> IQ4_NL,
+Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, ternary -> Q4_0, then F16; affine
+G64 -> G32 -> F16), and the plan records why.
 """
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ from dataclasses import dataclass
 
 from edgeslim.errors import InputError
 from edgeslim.quants import fallback_type
-from edgeslim.tables import GGML_WRITABLE, affine_name, is_quantizable, parse_affine, quant_info
+from edgeslim.tables import (AFFINE_BITS, GGML_WRITABLE, affine_name, is_quantizable, parse_affine, quant_info,
+                             writable_types_text)
 
 from .model import TensorSpec
 
 FAMILIES = ("ggml", "affine")
 DEFAULT_QUANT = "F16"
+QUANT_HELP = (f"one type for every matrix: {writable_types_text()}; with --family affine also the bits alone "
+              f"({', '.join(map(str, AFFINE_BITS))}, group from --group)")
 
 
 @dataclass
@@ -57,15 +61,19 @@ def resolve_quant(quant: str | None, family: str | None, group: int = 64) -> tup
     if quant is None:
         return None, family or "ggml"
     q = quant.strip().upper()
-    if q.isdigit() and family == "affine":  # "--family affine --quant 4"
+    if q.isdigit():  # "--family affine --quant 4"
+        if family != "affine":
+            raise InputError(f"--quant {quant} is the affine shorthand: add --family affine, or write "
+                             f"AFFINE{q}_G{group}")
+        if int(q) not in AFFINE_BITS:
+            raise InputError(f"--quant {quant}: affine types have {', '.join(map(str, AFFINE_BITS))} bits")
         q = affine_name(int(q), group)
     try:
         name = quant_info(q).name
     except ValueError:
         name = None
     if name is None or (name not in GGML_WRITABLE and not parse_affine(name)):
-        raise InputError(f"unknown --quant {quant!r}; use one of {', '.join(GGML_WRITABLE)} "
-                         "or AFFINE{2,3,4,5,6,8}_G{32,64}")
+        raise InputError(f"unknown --quant {quant!r}; use one of {writable_types_text()}")
     fam = family_of(name)
     if family is not None and family != fam and name not in ("F32", "F16", "BF16"):
         raise InputError(f"--quant {name} is a {fam} type but --family is {family}; drop one of them")
@@ -91,6 +99,20 @@ def make_plan(specs: list[TensorSpec], qtype: str) -> list[Planned]:
 def plan_bytes(specs: list[TensorSpec], qtype: str) -> int:
     """Exact weight bytes if every matrix takes `qtype` (with fallbacks)."""
     return sum(p.nbytes for p in make_plan(specs, qtype))
+
+
+def written_summary(plan: list[Planned]) -> str:
+    """What a plan really writes, e.g. "Q4_K x 12, Q8_0 x 2 (2 fell back from Q4_K: rows not a multiple
+    of its 256-wide block)"; for the converter's last line."""
+    hist = type_histogram(plan)
+    text = ", ".join(f"{t} x {h['tensors']}" for t, h in hist.items()) or "no weight matrices"
+    fell: dict[str, int] = {}
+    for p in plan:
+        if p.fallback_from:
+            fell[p.fallback_from] = fell.get(p.fallback_from, 0) + 1
+    why = [f"{n} fell back from {t}: rows not a multiple of its {quant_info(t).block}-wide block"
+           for t, n in fell.items()]
+    return text + (f" ({'; '.join(why)})" if why else "")
 
 
 def type_histogram(plan: list[Planned]) -> dict[str, dict[str, int]]:

@@ -81,10 +81,12 @@ class VocabData:
             self.special.add_to_gguf(writer, quiet=True)
 
 
-def load_vocab(folder: Path, vocab_size: int | None) -> VocabData:
-    """The tokenizer of an HF folder: SentencePiece first (as llama.cpp), else BPE."""
+def load_vocab(folder: Path, vocab_size: int | None, space_prefix: bool | None = None) -> VocabData:
+    """The tokenizer of an HF folder: SentencePiece first (as llama.cpp), else BPE.
+    `space_prefix`: the family's SentencePiece dummy-prefix setting (Gemma: False), else
+    tokenizer_config.json's `add_prefix_space` when it has one."""
     folder = Path(folder)
-    extra = _space_prefix(folder)
+    extra = [(Keys.TOK_ADD_SPACE_PREFIX, space_prefix)] if space_prefix is not None else _space_prefix(folder)
     if (folder / "tokenizer.model").is_file():
         vocab = spm_vocab(folder, vocab_size)
     elif (folder / "tokenizer.json").is_file():

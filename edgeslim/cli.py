@@ -18,6 +18,7 @@ COMMANDS = {
     "generate": ("edgeslim.runtime.cli_generate", "generate text from a prompt"),
     "chat": ("edgeslim.runtime.cli_chat", "chat with a model in the terminal"),
     "eval": ("edgeslim.runtime.cli_eval", "perplexity on a text file (llama-perplexity's windows)"),
+    "serve": ("edgeslim.runtime.server.cli", "OpenAI-compatible local server and chat page"),
 }
 
 
@@ -45,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser, module = build_parser(argv)
         args = parser.parse_args(argv)
-        if module is None:
-            parser.print_help()
-            return 0 if not argv else 2
+        if module is None:  # no command given
+            parser.print_help(sys.stderr)
+            return 2
         return int(module.run(args) or 0)
     except EdgeslimError as err:
         print(f"edgeslim: {err}", file=sys.stderr)

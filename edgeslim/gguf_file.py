@@ -118,6 +118,37 @@ class _Cursor:
         raise self.fail(f"unknown array element type {etype}")
 
 
+def not_a_file(p: Path) -> str:
+    """The message for a GGUF path that is not a regular file: what it is and what was expected."""
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return (f"{p} is a Hugging Face model folder, not a GGUF file; convert it first: "
+                    f"edgeslim convert {p} -o model.gguf")
+        return f"{p} is a folder, not a GGUF file; give the path of a .gguf model file"
+    if p.exists():
+        return f"{p} is not a regular file; give the path of a .gguf model file"
+    return f"{p}: no such file; check the path"
+
+
+def what_file(head: bytes) -> str:
+    """A guess at what a non-GGUF file is, from its first bytes."""
+    head = bytes(head)
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive, e.g. a PyTorch checkpoint"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 28:
+        return "a safetensors file"
+    if head[:1] in (b"{", b"["):
+        return "JSON text"
+    return "it does not start with the GGUF magic"
+
+
+def convert_hint(p: Path) -> str:
+    """'; convert its folder first: ...' for a file inside a Hugging Face folder."""
+    if (p.parent / "config.json").is_file():
+        return f"; convert its folder first: edgeslim convert {p.parent} -o model.gguf"
+    return ""
+
+
 class GGUFFile:
     """A GGUF file opened by mmap: `kv` metadata, `tensors` records, raw `data(name)` views.
 
@@ -128,7 +159,7 @@ class GGUFFile:
     def __init__(self, path: str | os.PathLike):
         self.path = str(path)
         if not Path(self.path).is_file():
-            raise FormatError(f"{self.path}: no such file; check the path")
+            raise FormatError(not_a_file(Path(self.path)))
         size = os.path.getsize(self.path)
         if size < 24:
             raise FormatError(f"{self.path}: {size} bytes is too small to be a GGUF file; re-download or re-convert it")
@@ -141,7 +172,8 @@ class GGUFFile:
     # -- parsing -----------------------------------------------------------
     def _parse(self, c: _Cursor) -> None:
         if c.u32() != GGUF_MAGIC:
-            raise FormatError(f"{self.path}: not a GGUF file (bad magic); give a .gguf model file")
+            raise FormatError(f"{self.path}: not a GGUF file ({what_file(self._mm[:16])}); give a .gguf model file"
+                              + convert_hint(Path(self.path)))
         self.version = c.u32()
         if self.version not in (2, 3):
             raise FormatError(f"{self.path}: GGUF version {self.version} is not supported (2 or 3); re-convert with a current tool")

@@ -13,7 +13,8 @@ lets a converter stream one tensor at a time):
     # renamed into place only when the block ends without an exception
 
 A content checksum (sha256 over every tensor's bytes in file order) is always
-reserved as `edgeslim.checksum` and filled at the end.
+reserved as `edgeslim.checksum` and filled at the end. The output gets the permissions
+the user's files normally get (0666 less the umask), or keeps those of the file it replaces.
 """
 from __future__ import annotations
 
@@ -32,6 +33,29 @@ from .tables import AFFINE_BIASES_SUFFIX, AFFINE_SCALES_SUFFIX, GGMLType, Keys, 
 _PAD = " "
 
 
+def current_umask() -> int:
+    """The process umask (read from /proc where possible; os.umask's set-and-restore otherwise)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def output_mode(path: Path) -> int:
+    """Permission bits for a file written at `path`: an existing file's own mode (replacing it keeps
+    it), else 0666 less the umask, as open() would give a new file."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
 class GGUFOut:
     """A GGUF file being written to a temp file beside `path`, renamed on success."""
 
@@ -44,6 +68,7 @@ class GGUFOut:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
         os.close(fd)
         self.tmp = Path(tmp)
+        os.chmod(self.tmp, output_mode(self.path))  # mkstemp's 0600 -> what the user's files normally get
         self.writer = gguf.GGUFWriter(self.tmp, arch)
         self._planned: list[str] = []
         self._reserved: dict[str, int] = {}

@@ -108,8 +108,48 @@ GGML_INFO: dict[GGMLType, QuantInfo] = {
     GGMLType.F64: QuantInfo("F64", 1, 8, "float", 64),
 }
 
+# Byte fields of one ggml block, in storage order (ggml's block_* structs in ggml-common.h; bit
+# drawings in each type's edgeslim/quants module).  f16 scalars: d, dmin, m.  Read with block_fields().
+GGML_FIELDS: dict[str, tuple[tuple[str, int], ...]] = {
+    "Q4_0": (("d", 2), ("qs", 16)),
+    "Q4_1": (("d", 2), ("m", 2), ("qs", 16)),
+    "Q5_0": (("d", 2), ("qh", 4), ("qs", 16)),
+    "Q5_1": (("d", 2), ("m", 2), ("qh", 4), ("qs", 16)),
+    "Q8_0": (("d", 2), ("qs", 32)),
+    "Q2_K": (("scales", 16), ("qs", 64), ("d", 2), ("dmin", 2)),
+    "Q3_K": (("hmask", 32), ("qs", 64), ("scales", 12), ("d", 2)),
+    "Q4_K": (("d", 2), ("dmin", 2), ("scales", 12), ("qs", 128)),
+    "Q5_K": (("d", 2), ("dmin", 2), ("scales", 12), ("qh", 32), ("qs", 128)),
+    "Q6_K": (("ql", 128), ("qh", 64), ("scales", 16), ("d", 2)),
+    "IQ4_NL": (("d", 2), ("qs", 16)),
+    "IQ4_XS": (("d", 2), ("scales_h", 2), ("scales_l", 4), ("qs", 128)),
+    "IQ3_XXS": (("d", 2), ("qs", 64), ("sas", 32)),  # sas: per 32 weights, 4 x 7-bit sign index | 4-bit scale
+    "IQ3_S": (("d", 2), ("qs", 64), ("qh", 8), ("signs", 32), ("scales", 4)),
+    "IQ2_XXS": (("d", 2), ("qs", 64)),
+    "IQ2_XS": (("d", 2), ("qs", 64), ("scales", 8)),
+    "IQ2_S": (("d", 2), ("qs", 32), ("signs", 32), ("qh", 8), ("scales", 8)),
+    "IQ1_S": (("d", 2), ("qs", 32), ("qh", 16)),
+    "IQ1_M": (("qs", 32), ("qh", 16), ("scales", 8)),  # the f16 d is spread over the scales' top nibbles
+    "TQ1_0": (("qs", 48), ("qh", 4), ("d", 2)),
+    "TQ2_0": (("qs", 64), ("d", 2)),
+}
+
+
+def block_fields(name: str) -> dict[str, slice]:
+    """Byte slices of one block's fields: block_fields("Q4_0") -> {"d": slice(0, 2), "qs": slice(2, 18)}."""
+    out, pos = {}, 0
+    for field, n in GGML_FIELDS[name.upper()]:
+        out[field] = slice(pos, pos + n)
+        pos += n
+    return out
+
+
 # Types our converter writes in the ggml family (all have numpy references).
-GGML_WRITABLE = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K")
+GGML_WRITABLE = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K",
+                 "Q5_1", "Q5_0", "Q4_1", "Q4_0", "IQ4_XS", "IQ4_NL", "IQ3_S", "IQ3_XXS",
+                 "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S", "TQ2_0", "TQ1_0")
+# Types the numpy references read (edgeslim.quants.dequantize_raw), bit-exact with gguf-py.
+GGML_READABLE = GGML_WRITABLE
 
 # ---------------------------------------------------------------------------
 # Affine family: MLX's `mx.quantize` layout, stored in GGUF as three legal
@@ -153,8 +193,14 @@ def quant_info(name: str) -> QuantInfo:
     aff = parse_affine(key)
     if aff:
         return affine_info(*aff)
-    known = ", ".join(GGML_WRITABLE) + ", AFFINE{2,3,4,5,6,8}_G{32,64}"
-    raise ValueError(f"unknown quant type {name!r}: use one of {known}")
+    raise ValueError(f"unknown quant type {name!r}: use one of {writable_types_text()}")
+
+
+def writable_types_text() -> str:
+    """The type names the converter writes, for help texts and errors (from GGML_WRITABLE and the affine
+    bits and groups, so that help and accepted values cannot disagree)."""
+    bits, groups = ",".join(map(str, AFFINE_BITS)), ",".join(map(str, AFFINE_GROUPS))
+    return ", ".join(GGML_WRITABLE) + f", AFFINE{{{bits}}}_G{{{groups}}}"
 
 
 # ---------------------------------------------------------------------------
@@ -184,6 +230,10 @@ class Keys:
     ROPE_SCALING_ORIG_CTX = "{arch}.rope.scaling.original_context_length"
     VOCAB_SIZE = "{arch}.vocab_size"
     SLIDING_WINDOW = "{arch}.attention.sliding_window"
+    SLIDING_WINDOW_PATTERN = "{arch}.attention.sliding_window_pattern"  # uint32 period, or bool per layer
+    ROPE_BASE_SWA = "{arch}.rope.freq_base_swa"  # RoPE base of the sliding-window layers
+    ATTN_SCALE = "{arch}.attention.scale"  # query scale (llama.cpp's default: 1/sqrt(head size))
+    FINAL_SOFTCAP = "{arch}.final_logit_softcapping"  # logits = cap * tanh(logits / cap)
 
     TOK_MODEL = "tokenizer.ggml.model"
     TOK_PRE = "tokenizer.ggml.pre"
@@ -237,10 +287,15 @@ class TensorNames:
     ATTN_K_BIAS = "blk.{bid}.attn_k.bias"
     ATTN_V_BIAS = "blk.{bid}.attn_v.bias"
     ATTN_OUT = "blk.{bid}.attn_output.weight"
+    ATTN_QKV = "blk.{bid}.attn_qkv.weight"  # q | k | v rows in one tensor (Phi-3)
     FFN_NORM = "blk.{bid}.ffn_norm.weight"
     FFN_GATE = "blk.{bid}.ffn_gate.weight"
-    FFN_UP = "blk.{bid}.ffn_up.weight"
+    FFN_UP = "blk.{bid}.ffn_up.weight"  # (Phi-3: gate | up rows, 2 * n_ff, and no ffn_gate)
     FFN_DOWN = "blk.{bid}.ffn_down.weight"
+    ATTN_Q_NORM = "blk.{bid}.attn_q_norm.weight"  # per-head RMSNorm of q (Gemma 3), (head_dim,)
+    ATTN_K_NORM = "blk.{bid}.attn_k_norm.weight"
+    ATTN_POST_NORM = "blk.{bid}.post_attention_norm.weight"  # RMSNorm of the attention output (Gemma 3)
+    FFN_POST_NORM = "blk.{bid}.post_ffw_norm.weight"  # RMSNorm of the FFN output (Gemma 3)
     ROPE_FREQS = "rope_freqs.weight"
 
 
@@ -256,3 +311,5 @@ FILE_TYPE = {
     "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "IQ2_XXS": 19, "IQ2_XS": 20, "IQ3_XXS": 23, "IQ1_S": 24,
     "IQ4_NL": 25, "IQ3_S": 26, "IQ2_S": 28, "IQ4_XS": 30, "IQ1_M": 31, "BF16": 32, "TQ1_0": 36, "TQ2_0": 37,
 }
+
+assert all(sum(n for _, n in f) == quant_info(t).block_bytes for t, f in GGML_FIELDS.items()), "GGML_FIELDS sizes"

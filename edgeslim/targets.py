@@ -67,6 +67,35 @@ LADDERS: dict[str, tuple[str, ...]] = {
 }
 
 
+def available_bytes() -> int | None:
+    """Memory the OS says a new process can use now (Linux MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def this_machine() -> Target:
+    """The machine running this code: its RAM, usable = what is available now (Linux) or 60% of
+    RAM elsewhere (the 8 GB profiles' fraction), backend MLX on Apple silicon, else numba."""
+    import os
+    import platform
+
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        ram = 8 * GiB
+    avail = available_bytes()
+    frac = min(1.0, avail / ram) if avail and ram else 0.60
+    apple = platform.system() == "Darwin" and platform.machine() == "arm64"
+    return Target("this-machine", ram, frac, "mlx" if apple else "numba",
+                  f"this machine, {gib(ram)} RAM" + (f", {gib(avail)} available now" if avail else ""))
+
+
 def get_target(name: str) -> Target:
     """A profile by name; InputError listing the known ones otherwise."""
     try:

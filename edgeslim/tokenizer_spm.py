@@ -21,6 +21,10 @@ Spaces: the caller prepends the dummy-prefix space (llama.cpp's rule, see
 """
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+
 import numpy as np
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers.models import BPE
@@ -51,6 +55,38 @@ def derive_merges(tokens: list[str], scores: np.ndarray, vocab: dict[str, int]) 
     return merges
 
 
+# Vocabularies at least this large keep their derived merges in a cache file (Gemma's 262k
+# tokens: deriving takes ~3.5 s of a ~6.5 s load, reading the cache ~0.3 s).
+CACHE_MIN_TOKENS = 50_000
+CACHE_DIR = Path(os.environ.get("EDGESLIM_CACHE", Path.home() / ".cache" / "edgeslim")) / "spm-merges"
+
+
+def cached_merges(tokens: list[str], scores: np.ndarray, vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """`derive_merges`, kept on disk for large vocabularies as (n, 2) int32 token-id pairs under a
+    sha256 of the tokens and scores (a cache that cannot be read or written is simply not used)."""
+    if len(tokens) < CACHE_MIN_TOKENS:
+        return derive_merges(tokens, scores, vocab)
+    h = hashlib.sha256("\x00".join(tokens).encode("utf-8", "surrogatepass"))
+    h.update(np.ascontiguousarray(scores, np.float32).tobytes())
+    path = CACHE_DIR / f"{h.hexdigest()}.npy"
+    try:
+        pairs = np.load(path, allow_pickle=False)
+        if pairs.ndim == 2 and pairs.shape[1] == 2 and (pairs.size == 0 or (0 <= pairs.min() and pairs.max() < len(tokens))):
+            return [(tokens[a], tokens[b]) for a, b in pairs.tolist()]
+    except (OSError, ValueError):
+        pass
+    merges = derive_merges(tokens, scores, vocab)
+    try:
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, np.array([(vocab[a], vocab[b]) for a, b in merges], np.int32).reshape(-1, 2))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return merges
+
+
 class SpmBackend:
     """Encodes already partitioned raw-text fragments for an SPM vocabulary."""
 
@@ -60,7 +96,7 @@ class SpmBackend:
     def __init__(self, tokens: list[str], scores: np.ndarray, vocab: dict[str, int], unk_text: str | None,
                  add_space_prefix: bool):
         self.add_space_prefix = add_space_prefix
-        merges = derive_merges(tokens, scores, vocab)
+        merges = cached_merges(tokens, scores, vocab)
         model = BPE(vocab=vocab, merges=merges, unk_token=unk_text, byte_fallback=True, fuse_unk=False)
         self._hf = _HFTokenizer(model)
 

@@ -7,16 +7,23 @@
         print(piece, end="", flush=True)
     print(model.last_stats.summary())
 
-One generation runs at a time per Model: a second call from another thread
-waits for the first (or, with blocking=False, raises BusyError). For `stream*`
-the lock is taken when iteration starts and released when the iterator ends
-or is closed.
+Threads. A Model may be shared between threads. One generation runs at a time per
+Model: a second call from another thread waits for the first (or, with
+blocking=False, raises BusyError). For `stream*` the lock is taken when iteration
+starts and released when the iterator ends or is closed.
+
+Stopping from another thread (a desktop app's Stop button): `stream*` return a
+`Generation` whose `cancel()` ends it before its next token; `Model.cancel()`
+cancels whatever generation is running; or pass `cancel=threading.Event()` to any
+generating call and set it. `time_limit=` seconds ends a generation the same way.
+Streaming by callback: `generate(..., on_text=fn)` calls fn(piece) for every piece
+(fn returning False stops the generation).
 """
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -24,6 +31,7 @@ from ..errors import EdgeslimError, InputError
 from ..tables import Keys
 from .backends import get_backend
 from .generate import DEFAULT_BATCH, GenerationStats, Session, check_prompt, generate
+from .handle import Generation, SessionPool
 from .loader import ModelFile, open_model
 from .perplexity import PerplexityResult, perplexity
 from .sampling import SamplingParams
@@ -37,7 +45,7 @@ class BusyError(EdgeslimError):
 
 
 def load(path, backend: str = "auto", n_ctx: int | None = None, kv_dtype: str = "float16",
-         n_batch: int = DEFAULT_BATCH) -> "Model":
+         n_batch: int = DEFAULT_BATCH, cache_slots: int = 1) -> "Model":
     """Open a GGUF model for inference.
 
     backend: "auto" (MLX on Apple silicon when installed, else numba), "numba", "mlx" or
@@ -45,6 +53,8 @@ def load(path, backend: str = "auto", n_ctx: int | None = None, kv_dtype: str = 
     n_ctx: context length to allocate the KV cache for; default min(model's context, 4096).
     kv_dtype: "float16" (default, half the memory) or "float32" (exact).
     n_batch: prompt tokens per batched forward.
+    cache_slots: KV caches kept for prompt-prefix reuse (each costs a full n_ctx cache); with
+        2 or more, interleaved conversations each keep their history cached (a server's use).
     Raises FormatError / UnsupportedError / InputError with a one-line message.
     """
     from ..tokenizer import load_tokenizer
@@ -54,8 +64,10 @@ def load(path, backend: str = "auto", n_ctx: int | None = None, kv_dtype: str = 
     if n_ctx < 1:
         raise InputError(f"n_ctx {n_ctx} must be at least 1")
     tokenizer = load_tokenizer(mf.gguf)
+    if int(cache_slots) < 1:
+        raise InputError(f"cache_slots {cache_slots} must be at least 1")
     impl = get_backend(backend)(mf, kv_dtype=kv_dtype)
-    return Model(mf, impl, tokenizer, n_ctx, n_batch)
+    return Model(mf, impl, tokenizer, n_ctx, n_batch, cache_slots)
 
 
 class Model:
@@ -65,7 +77,8 @@ class Model:
     chat_template (str or None), last_stats (GenerationStats of the last generation).
     """
 
-    def __init__(self, model_file: ModelFile, backend, tokenizer, n_ctx: int, n_batch: int = DEFAULT_BATCH):
+    def __init__(self, model_file: ModelFile, backend, tokenizer, n_ctx: int, n_batch: int = DEFAULT_BATCH,
+                 cache_slots: int = 1):
         self.file = model_file
         self.hparams = model_file.hp
         self._backend = backend
@@ -77,7 +90,8 @@ class Model:
         self.chat_template: str | None = model_file.gguf.kv.get(Keys.CHAT_TEMPLATE) or None
         self.last_stats: GenerationStats | None = None
         self._lock = threading.Lock()
-        self._session: Session | None = None
+        self._pool = SessionPool(lambda: Session(self._backend, self.n_ctx, self.n_batch), cache_slots)
+        self._current: Generation | None = None
 
     def __repr__(self) -> str:
         return f"Model({self.path!r}, arch={self.hparams.arch}, backend={self.backend}, n_ctx={self.n_ctx})"
@@ -92,16 +106,23 @@ class Model:
         finally:
             self._lock.release()
 
-    def _get_session(self) -> Session:
-        if self._session is None:
-            self._session = Session(self._backend, self.n_ctx, self.n_batch)
-        return self._session
+    @property
+    def busy(self) -> bool:
+        """True while a generation or scoring call holds the model."""
+        return self._lock.locked()
+
+    def cancel(self) -> bool:
+        """Cancel the running generation, if any (thread-safe); True if there was one."""
+        cur = self._current
+        if cur is None:
+            return False
+        cur.cancel()
+        return True
 
     def reset(self) -> None:
-        """Forget the cached conversation (the next chat call re-reads its whole prompt)."""
+        """Forget the cached conversations (the next chat call re-reads its whole prompt)."""
         with self._hold(True):
-            if self._session is not None:
-                self._session.reset()
+            self._pool.reset()
 
     # -- tokens -------------------------------------------------------------------
     def tokenize(self, text: str, add_bos: bool | None = None, special: bool = False) -> list[int]:
@@ -119,7 +140,8 @@ class Model:
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 128, *, temperature: float = 0.8,
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                  repeat_last_n: int = 64, seed: int | None = None, stop: Sequence[str] | str | None = None,
-                 blocking: bool = True) -> str:
+                 blocking: bool = True, cancel=None, time_limit: float | None = None,
+                 on_text: Callable[[str], object] | None = None) -> str:
         """The continuation of prompt (text, or token ids used as is) as one string.
 
         A text prompt gets BOS when the model file asks for it, and special-token texts in
@@ -127,52 +149,75 @@ class Model:
 
         temperature 0 is greedy. Defaults follow llama.cpp (temp 0.8, top-k 40, top-p 0.95,
         min-p 0.05, no repetition penalty). seed fixes the random draws. Generation stops at
-        an end-of-generation token, a stop string (not included), max_tokens, or a full
-        context (see last_stats.finish_reason).
+        an end-of-generation token, a stop string (not included), max_tokens, a full
+        context, `cancel` (an object with is_set(), e.g. threading.Event) being set, or
+        `time_limit` seconds (see last_stats.finish_reason). on_text(piece) is called for
+        every piece as it is produced; returning False stops the generation.
         """
-        return "".join(self.stream(prompt, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                   min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-                                   seed=seed, stop=stop, blocking=blocking))
+        gen = self.stream(prompt, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                          repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed, stop=stop,
+                          blocking=blocking, cancel=cancel, time_limit=time_limit)
+        return _collect(gen, on_text)
 
     def stream(self, prompt: str | Sequence[int], max_tokens: int = 128, *, temperature: float = 0.8,
                top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                repeat_last_n: int = 64, seed: int | None = None, stop: Sequence[str] | str | None = None,
-               blocking: bool = True) -> Iterator[str]:
-        """Like generate(), yielding text pieces as tokens are produced."""
+               blocking: bool = True, cancel=None, time_limit: float | None = None,
+               reuse_prefix: bool = False) -> Generation:
+        """Like generate(), as a `Generation`: an iterator of text pieces with cancel() and stats.
+
+        reuse_prefix: keep the cached tokens this prompt shares with an earlier one
+        (default: start from an empty cache, as llama.cpp's CLI does).
+        """
         params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-        return self._run(ids, max_tokens, params, _stops(stop), blocking, reuse=False)
+        return self._run(ids, max_tokens, params, _stops(stop), blocking, reuse_prefix, cancel, time_limit)
 
-    def chat(self, messages: Sequence[dict], max_tokens: int = 512, **kwargs) -> str:
+    def chat(self, messages: Sequence[dict], max_tokens: int = 512, *,
+             on_text: Callable[[str], object] | None = None, **kwargs) -> str:
         """The assistant's reply to a list of {"role", "content"} messages, as one string.
 
         Uses the model's chat template (a plain "User:/Assistant:" format when it has none).
-        Takes the sampling keywords of generate(). The cached prompt prefix shared with the
+        Takes the keywords of generate(). The cached prompt prefix shared with the
         previous chat call is reused, so a growing conversation is not re-read each turn.
         """
-        return "".join(self.stream_chat(messages, max_tokens, **kwargs))
+        return _collect(self.stream_chat(messages, max_tokens, **kwargs), on_text)
 
     def stream_chat(self, messages: Sequence[dict], max_tokens: int = 512, *, temperature: float = 0.8,
                     top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                     repeat_last_n: int = 64, seed: int | None = None, stop: Sequence[str] | str | None = None,
-                    blocking: bool = True) -> Iterator[str]:
-        """Like chat(), yielding text pieces."""
+                    blocking: bool = True, cancel=None, time_limit: float | None = None) -> Generation:
+        """Like chat(), as a `Generation` (iterator of text pieces with cancel() and stats)."""
         params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
         ids = self.chat_tokens(messages)
-        stops = _stops(stop) + ([] if self.chat_template else [PLAIN_STOP])
-        return self._run(ids, max_tokens, params, stops, blocking, reuse=True)
+        return self._run(ids, max_tokens, params, _stops(stop) + self.chat_stops(), blocking, True, cancel,
+                         time_limit)
+
+    def chat_stops(self) -> list[str]:
+        """Stop strings a chat reply needs beyond the model's end tokens (the plain format's "\nUser:")."""
+        return [] if self.chat_template else [PLAIN_STOP]
 
     def _run(self, ids: list[int], max_tokens: int, params: SamplingParams, stops: list[str], blocking: bool,
-             reuse: bool) -> Iterator[str]:
+             reuse: bool, cancel=None, time_limit: float | None = None) -> Generation:
         params.checked()
         if not ids:
             raise InputError("the prompt is empty and the model has no BOS token; give a prompt")
         check_prompt(len(ids), self.n_ctx, self.hparams.context_length)
-        with self._hold(blocking):
-            stats = GenerationStats()
-            self.last_stats = stats
-            yield from generate(self._get_session(), self.tokenizer, ids, max_tokens, params, stops, stats,
-                                reuse_prefix=reuse)
+        if time_limit is not None and not time_limit > 0:
+            raise InputError(f"time_limit {time_limit} must be a positive number of seconds")
+
+        def start(should_stop, stats: GenerationStats):
+            with self._hold(blocking):
+                self.last_stats = stats
+                self._current = handle
+                try:
+                    yield from generate(self._pool.pick(ids, reuse), self.tokenizer, ids, max_tokens, params, stops,
+                                        stats, reuse_prefix=reuse, should_stop=should_stop)
+                finally:
+                    self._current = None
+
+        handle = Generation(start, cancel, time_limit)
+        return handle
 
     # -- chat formatting -------------------------------------------------------------
     def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
@@ -225,8 +270,18 @@ class Model:
     def close(self) -> None:
         """Drop the cache and weights (the Model is unusable afterwards)."""
         with self._hold(True):
-            self._session = None
+            self._pool.clear()
             self._backend = None
+
+
+def _collect(gen: Generation, on_text) -> str:
+    """All of gen's text; on_text(piece) per piece, False from it cancels."""
+    parts = []
+    for piece in gen:
+        parts.append(piece)
+        if on_text is not None and on_text(piece) is False:
+            gen.cancel()
+    return "".join(parts)
 
 
 def _stops(stop) -> list[str]:

@@ -54,7 +54,8 @@ def load_model(args):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load(args.model, backend=args.backend, n_ctx=args.ctx, kv_dtype=args.kv_dtype, n_batch=args.batch)
+        model = load(args.model, backend=args.backend, n_ctx=args.ctx, kv_dtype=args.kv_dtype, n_batch=args.batch,
+                     cache_slots=getattr(args, "cache_slots", 1))
     for w in caught:
         note(f"edgeslim: note: {w.message}")
     return model

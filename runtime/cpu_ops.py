@@ -6,9 +6,11 @@ on the 12-layer bench model: RMSNorm, RoPE, the fp16 cache's astype and the
 attention's reshapes cost 7 ms of a 13.5 ms token, more than the matmuls):
 
     rms_norm(x, w, eps)                      x (T, D) -> (T, D)
-    swiglu_halves(gu)                        gu (T, 2F) = [gate | up] -> (T, F)
-    attend_f16(qkv, n_head, cos, sin, neox, kc, vc, start) -> (T, H*Hd)
-        RoPE on q and k, k/v stored into the fp16 cache, causal GQA attention.
+    swiglu_halves(gu), geglu_halves(gu)      gu (T, 2F) = [gate | up] -> (T, F)
+    head_norms(qkv, H, Hkv, Hd, qw, kw, eps) per-head RMSNorm of q and k, in place (Gemma 3)
+    attend_f16(qkv, n_head, cos, sin, neox, kc, vc, start, scale, window, ring) -> (T, H*Hd)
+        RoPE on q and k, k/v stored into the fp16 cache (or its ring), causal GQA attention
+        (optionally over a sliding window).
 
 The fp16 KV cache is read and written here as its raw uint16 bits, because
 numba has no float16 type:
@@ -31,6 +33,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 _TWO112 = np.float32(2.0 ** 112)
+_HIDDEN = np.float32(-3.0e38)  # score of a masked key
 
 
 @intrinsic
@@ -143,6 +146,37 @@ def swiglu_halves(gu):
 
 
 @njit(cache=True, fastmath=True)
+def geglu_halves(gu):
+    """gelu_tanh(gate) * up for gu (T, 2F) = [gate (T, F) | up (T, F)] -> (T, F) (Gemma's FFN)."""
+    T, F2 = gu.shape
+    F = F2 // 2
+    c = np.float32(math.sqrt(2.0 / math.pi))
+    out = np.empty((T, F), np.float32)
+    for t in range(T):
+        for i in range(F):
+            g = gu[t, i]
+            out[t, i] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * (g + np.float32(0.044715) * g * g * g))) \
+                * gu[t, F + i]
+    return out
+
+
+@njit(cache=True, fastmath=True)
+def head_norms(qkv, n_head, n_head_kv, hd, qw, kw, eps):
+    """In place: RMSNorm of every q head (weight qw (hd,)) and k head (kw) of qkv (T, (H + 2*Hkv)*hd)."""
+    T = qkv.shape[0]
+    for t in range(T):
+        for h in range(n_head + n_head_kv):
+            w = qw if h < n_head else kw
+            base = h * hd
+            s = np.float32(0.0)
+            for i in range(hd):
+                s += qkv[t, base + i] * qkv[t, base + i]
+            inv = np.float32(1.0) / np.sqrt(s / np.float32(hd) + np.float32(eps))
+            for i in range(hd):
+                qkv[t, base + i] = qkv[t, base + i] * inv * w[i]
+
+
+@njit(cache=True, fastmath=True)
 def _roped(qkv, col0, n, hd, cos, sin, start, neox):
     """Heads col0/hd .. +n of qkv (T, cols), rotated: (T, n, hd); cos/sin (n_ctx, n_rot/2) give n_rot."""
     T = qkv.shape[0]
@@ -163,14 +197,28 @@ def _roped(qkv, col0, n, hd, cos, sin, start, neox):
     return out
 
 
-def _attend(qkv, n_head, cos, sin, neox, kc, vc, start):
+@njit(inline="always")
+def _store_f16(kc, vc, k, qkv, v0, start, ring):
+    """k (T, Hkv, Hd) and the v columns v0.. of qkv as fp16 bits into slots start+t (or (start+t) % ring)."""
+    T, Hkv, Hd = k.shape
+    for t in range(T):
+        slot = start + t if ring == 0 else (start + t) % ring
+        for h in range(Hkv):
+            for d in range(Hd):
+                kc[h, d, slot] = _f2h(k[t, h, d])
+                vc[h, slot, d] = _f2h(qkv[t, v0 + h * Hd + d])
+
+
+def _attend(qkv, n_head, cos, sin, neox, kc, vc, start, scale, window, ring):
     """RoPE + fp16 cache store + causal grouped-query attention, in one call.
 
     qkv (T, (H + 2*Hkv)*Hd) float32: the q | k | v projections of T tokens before RoPE.
     cos, sin (n_ctx, n_rot/2): `ops.Rope` tables.  neox: RoPE pairing (see ops.Rope).
-    kc (Hkv, Hd, n_ctx), vc (Hkv, n_ctx, Hd): one layer of the fp16 cache as uint16 bits;
-    positions start..start+T-1 are written.  Returns (T, H*Hd) float32; query head h
-    reads kv head h // (H / Hkv); token t sees positions 0..start+t.
+    kc (Hkv, Hd, cap), vc (Hkv, cap, Hd): one layer of the fp16 cache as uint16 bits;
+    positions start..start+T-1 are written, position p in slot p (ring == 0) or p % ring.
+    scale multiplies q; window > 0: token t sees positions start+t-window+1..start+t only
+    (a ring must have at least window + T - 1 slots).  Returns (T, H*Hd) float32; query
+    head h reads kv head h // (H / Hkv); token t sees positions up to start+t.
     """
     T = qkv.shape[0]
     Hkv, Hd = kc.shape[0], kc.shape[1]
@@ -178,41 +226,42 @@ def _attend(qkv, n_head, cos, sin, neox, kc, vc, start):
     G = H // Hkv
     q = _roped(qkv, 0, H, Hd, cos, sin, start, neox)  # (T, H, Hd)
     k = _roped(qkv, H * Hd, Hkv, Hd, cos, sin, start, neox)  # (T, Hkv, Hd)
-    v0 = (H + Hkv) * Hd
-    for t in range(T):
-        for h in range(Hkv):
-            for d in range(Hd):
-                kc[h, d, start + t] = _f2h(k[t, h, d])
-                vc[h, start + t, d] = _f2h(qkv[t, v0 + h * Hd + d])
-    S = start + T
-    scale = np.float32(1.0 / math.sqrt(Hd))
+    _store_f16(kc, vc, k, qkv, (H + Hkv) * Hd, start, ring)
+    last = start + T - 1
+    n_slots = last + 1 if ring == 0 else min(ring, last + 1)
+    scale = np.float32(scale)
     out = np.empty((T, H * Hd), np.float32)
     for hk in prange(Hkv):
-        sc = np.empty(S, np.float32)
+        sc = np.empty(n_slots, np.float32)
         acc = np.empty(Hd, np.float32)
         for g in range(G):
             hq = hk * G + g
             for t in range(T):
-                n = start + t + 1  # causal: keys 0..start+t
-                for s in range(n):
+                qp = start + t
+                for s in range(n_slots):
                     sc[s] = 0.0
-                for d in range(Hd):  # scores (n,) = q . K[:, :n]; K rows contiguous in s
+                for d in range(Hd):  # scores = q . K[:, slots]; K rows contiguous in s
                     qd = q[t, hq, d] * scale
                     krow = kc[hk, d]
-                    for s in range(n):
+                    for s in range(n_slots):
                         sc[s] += qd * _h2f(krow[s])
-                m = sc[0]
-                for s in range(1, n):
+                m = _HIDDEN
+                for s in range(n_slots):  # mask: future positions and those past the window
+                    kp = s if ring == 0 else last - (last - s) % ring  # the position slot s holds
+                    if kp > qp or (window > 0 and qp - kp >= window):
+                        sc[s] = _HIDDEN  # finite (fastmath assumes no infinities): exp(_HIDDEN - m) = 0
                     m = max(m, sc[s])
                 tot = np.float32(0.0)
-                for s in range(n):
+                for s in range(n_slots):
                     e = np.exp(sc[s] - m)
                     sc[s] = e
                     tot += e
                 for d in range(Hd):
                     acc[d] = 0.0
-                for s in range(n):  # acc (Hd,) = p . V[:n]; V rows contiguous in d
+                for s in range(n_slots):  # acc (Hd,) = p . V[slots]; V rows contiguous in d
                     p = sc[s]
+                    if p == 0.0:
+                        continue
                     vrow = vc[hk, s]
                     for d in range(Hd):
                         acc[d] += p * _h2f(vrow[d])
@@ -229,8 +278,12 @@ attend_parallel = njit(cache=True, parallel=True, fastmath=True)(_attend)
 PARALLEL_ATTN_WORK = 1 << 18
 
 
-def attend_f16(qkv, n_head, cos, sin, neox, kc, vc, start):
-    """`_attend` (see there), parallel over kv heads when the cache read is large enough."""
-    work = kc.shape[0] * kc.shape[1] * (start + qkv.shape[0]) * (n_head // kc.shape[0])
+def attend_f16(qkv, n_head, cos, sin, neox, kc, vc, start, scale=None, window=0, ring=0):
+    """`_attend` (see there), parallel over kv heads when the cache read is large enough.
+    scale defaults to 1/sqrt(head size)."""
+    hd = kc.shape[1]
+    seen = start + qkv.shape[0] if ring == 0 else min(ring, start + qkv.shape[0])
+    work = kc.shape[0] * hd * seen * (n_head // kc.shape[0])
     fn = attend_parallel if work >= PARALLEL_ATTN_WORK else attend_serial
-    return fn(qkv, n_head, cos, sin, neox, kc, vc, start)
+    scale = 1.0 / math.sqrt(hd) if scale is None else scale
+    return fn(qkv, n_head, cos, sin, neox, kc, vc, start, float(scale), int(window), int(ring))

@@ -10,13 +10,15 @@ Stopping, in the order checked after each sampled token:
   "length"   max_tokens were generated
   "context"  the KV cache is full: the last token was emitted but cannot be fed
              back, so generation ends there (raise n_ctx / --ctx for longer output)
+  any other  `should_stop()` returned that reason (e.g. "cancelled", "time_limit");
+             it is asked before every forward, so a stop lands within one token
 A prompt longer than the context raises InputError naming the limit and --ctx.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -36,7 +38,7 @@ class GenerationStats:
     generated_tokens: int = 0  # tokens emitted (the EOG token is not counted)
     decode_steps: int = 0  # single-token forwards after the prompt
     decode_seconds: float = 0.0  # time of those forwards plus sampling
-    finish_reason: str = "interrupted"  # eog | stop | length | context | interrupted
+    finish_reason: str = "interrupted"  # eog | stop | length | context | interrupted | a should_stop reason
     extra: dict = field(default_factory=dict)
 
     @property
@@ -73,13 +75,19 @@ class Session:
         self.cache.reset()
         self.tokens = []
 
-    def keep_prefix(self, ids: Sequence[int]) -> int:
-        """Keep the cached tokens shared with `ids` (leaving at least one of ids to run); returns the count kept."""
+    def shared_prefix(self, ids: Sequence[int]) -> int:
+        """How many leading tokens of `ids` the cache holds already (at most len(ids) - 1: one must run)."""
         n = 0
         limit = min(len(self.tokens), len(ids) - 1)
         while n < limit and self.tokens[n] == ids[n]:
             n += 1
+        return n
+
+    def keep_prefix(self, ids: Sequence[int]) -> int:
+        """Keep the cached tokens shared with `ids` (leaving at least one of ids to run); returns the count kept."""
+        n = self.shared_prefix(ids)
         self.cache.truncate(n)
+        n = self.cache.pos  # a sliding-window ring may not give that much back (then 0)
         del self.tokens[n:]
         return n
 
@@ -143,11 +151,14 @@ def check_prompt(n_prompt: int, n_ctx: int, model_ctx: int) -> None:
 
 def generate(session: Session, tokenizer, prompt_ids: Sequence[int], max_tokens: int = 128,
              params: SamplingParams = SamplingParams(), stop: Sequence[str] = (),
-             stats: GenerationStats | None = None, reuse_prefix: bool = False) -> Iterator[str]:
+             stats: GenerationStats | None = None, reuse_prefix: bool = False,
+             should_stop: Callable[[], str | None] | None = None) -> Iterator[str]:
     """Yield text pieces of the continuation of prompt_ids (see the module docstring for stopping).
 
     reuse_prefix keeps cached tokens shared with the previous call's prompt+output
     (chat turns); otherwise the cache starts empty. `stats` is filled in as it runs.
+    should_stop: called before every forward; a non-empty string ends generation with
+    that finish_reason (cancellation from another thread, time limits).
     """
     stats = stats if stats is not None else GenerationStats()
     prompt_ids = [int(t) for t in prompt_ids]
@@ -164,49 +175,95 @@ def generate(session: Session, tokenizer, prompt_ids: Sequence[int], max_tokens:
         session.reset()
         n_keep = 0
     stats.prompt_tokens, stats.prompt_evaluated = len(prompt_ids), len(prompt_ids) - n_keep
+    reason = should_stop() if should_stop is not None else None
+    if reason:
+        stats.finish_reason = reason
+        return
     logits = session.feed(prompt_ids[n_keep:])[-1]  # (V,)
     stats.prompt_seconds = time.perf_counter() - t0
-    yield from _decode(session, tokenizer, sampler, logits, list(prompt_ids), max_tokens, stop, stats)
+    yield from _decode(session, tokenizer, sampler, logits, list(prompt_ids), max_tokens, stop, stats,
+                       should_stop or (lambda: None))
+
+
+class Decoder:
+    """One sequence's decode state: chooses each token, applies the stop rules (module docstring) and
+    streams the text. Shared by `generate` (one sequence) and `batch.BatchDecoder` (many at once):
+
+        d = Decoder(session, tokenizer, sampler, history, max_tokens, stop, stats, should_stop)
+        while not d.done:
+            text, tok = d.step(logits)        # emit text; tok is None once finished
+            if tok is None or not d.may_continue(): break
+            logits = <forward tok on session's cache>
+        text = d.tail()                       # held-back text, once at the end
+    """
+
+    def __init__(self, session: Session, tokenizer, sampler: Sampler, history: list[int], max_tokens: int,
+                 stop: Sequence[str], stats: GenerationStats, should_stop: Callable[[], str | None]):
+        self.session, self.tokenizer, self.sampler, self.history = session, tokenizer, sampler, history
+        self.max_tokens, self.stats, self.should_stop = max_tokens, stats, should_stop
+        self.decoder = tokenizer.stream_decoder(prev_id=history[-1])
+        self.stopper = StopMatcher(stop)
+        self.n_tok = tokenizer.vocab_size  # the embedding may have padding rows past the vocabulary: never pick them
+        self.i, self.hit, self.done = 0, False, max_tokens == 0
+        if self.done:
+            stats.finish_reason = "length"
+
+    def _finish(self, reason: str) -> None:
+        self.stats.finish_reason, self.done = reason, True
+
+    def step(self, logits: np.ndarray) -> tuple[str, int | None]:
+        """Choose a token from logits (V,); (text to emit, the token to feed next or None when finished)."""
+        tok = self.sampler(logits[:self.n_tok], self.history)
+        if self.tokenizer.is_eog(tok):
+            self._finish("eog")
+            return "", None
+        self.history.append(tok)
+        self.stats.generated_tokens += 1
+        text, self.hit = self.stopper.feed(self.decoder.push(tok))
+        if self.hit:
+            self._finish("stop")
+        elif self.i == self.max_tokens - 1:
+            self._finish("length")
+        elif self.session.cache.free <= 0:
+            self._finish("context")
+        self.i += 1
+        return text, None if self.done else tok
+
+    def may_continue(self) -> bool:
+        """Ask should_stop right before the next forward (after the text was handed out, so a cancel
+        made while the caller held the last piece costs no further token)."""
+        reason = self.should_stop()
+        if reason:
+            self._finish(reason)
+        return not reason
+
+    def tail(self) -> str:
+        """The text held back at the end (a partial character or a possible stop-string start)."""
+        if self.hit:
+            return ""
+        text, self.hit = self.stopper.feed(self.decoder.flush())
+        if self.hit:
+            self.stats.finish_reason = "stop"
+        return text + ("" if self.hit else self.stopper.flush())
 
 
 def _decode(session: Session, tokenizer, sampler: Sampler, logits: np.ndarray, history: list[int],
-            max_tokens: int, stop: Sequence[str], stats: GenerationStats) -> Iterator[str]:
-    decoder = tokenizer.stream_decoder(prev_id=history[-1])
-    stopper = StopMatcher(stop)
-    n_tok = tokenizer.vocab_size  # the embedding may have padding rows past the vocabulary: never pick them
+            max_tokens: int, stop: Sequence[str], stats: GenerationStats,
+            should_stop: Callable[[], str | None]) -> Iterator[str]:
+    d = Decoder(session, tokenizer, sampler, history, max_tokens, stop, stats, should_stop)
     t0 = time.perf_counter()
-    hit = False
     try:
-        if max_tokens == 0:
-            stats.finish_reason = "length"
-        for i in range(max_tokens):
-            tok = sampler(logits[:n_tok], history)
-            if tokenizer.is_eog(tok):
-                stats.finish_reason = "eog"
-                break
-            history.append(tok)
-            stats.generated_tokens += 1
-            text, hit = stopper.feed(decoder.push(tok))
+        while not d.done:
+            text, tok = d.step(logits)
             if text:
                 yield text
-            if hit:
-                stats.finish_reason = "stop"
-                break
-            if i == max_tokens - 1:
-                stats.finish_reason = "length"
-                break
-            if session.cache.free <= 0:
-                stats.finish_reason = "context"
+            if tok is None or not d.may_continue():
                 break
             logits = session.feed([tok])[-1]
             stats.decode_steps += 1
             stats.decode_seconds = time.perf_counter() - t0
-        if not hit:
-            text, hit = stopper.feed(decoder.flush())
-            if hit:
-                stats.finish_reason = "stop"
-            text += "" if hit else stopper.flush()
-            if text:
-                yield text
+        text = d.tail()
+        if text:
+            yield text
     finally:
         stats.decode_seconds = time.perf_counter() - t0 if stats.decode_steps else 0.0

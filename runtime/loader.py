@@ -16,7 +16,7 @@ from ..errors import FormatError, UnsupportedError
 from ..gguf_file import GGUFFile
 from ..tables import (AFFINE_BIASES_SUFFIX, AFFINE_SCALES_SUFFIX, GGMLType, Keys, TensorNames,
                       affine_name)
-from .arch import Architecture, get_architecture
+from ..arch import Family, family_for_gguf
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,27 @@ class HParams:
     rope_base: float
     rope_freq_scale: float  # 1 / linear scaling factor (1.0 = no scaling)
     context_length: int  # what the model was trained for (file metadata)
+    # family-specific (edgeslim.arch `runtime_hparams`); the defaults are Llama's
+    attn_scale: float = 0.0  # query scale; 0 -> 1/sqrt(head_dim)
+    embd_scale: float = 1.0  # embedding rows are multiplied by this (Gemma: sqrt(n_embd))
+    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap)
+    n_swa: int = 0  # sliding-window size of the local layers (0: none)
+    swa_layers: tuple[bool, ...] = ()  # per layer: uses the sliding window
+    rope_base_swa: float = 10000.0  # RoPE base of the sliding-window layers (no frequency scaling)
 
     @property
     def n_group(self) -> int:
         """Query heads per KV head (GQA factor)."""
         return self.n_head // self.n_head_kv
+
+    @property
+    def scale(self) -> float:
+        """The factor queries are multiplied by before q . k."""
+        return self.attn_scale or 1.0 / float(np.sqrt(self.head_dim))
+
+    def window(self, layer: int) -> int:
+        """Sliding-window size of `layer` (0: it sees every earlier position)."""
+        return self.n_swa if self.n_swa and self.swa_layers and self.swa_layers[layer] else 0
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,7 @@ class WeightSource:
 class ModelFile:
     """A mapped GGUF model: `gguf`, `hp`, `arch`, and accessors for its tensors."""
 
-    def __init__(self, gguf: GGUFFile, hp: HParams, arch: Architecture):
+    def __init__(self, gguf: GGUFFile, hp: HParams, arch: Family):
         self.gguf, self.hp, self.arch = gguf, hp, arch
         self.path = gguf.path
 
@@ -127,10 +143,10 @@ def open_model(path) -> ModelFile:
     gguf = GGUFFile(path)
     if not gguf.arch:
         raise FormatError(f"{gguf.path}: no {Keys.ARCH} in the metadata; this is not a model file (vocab-only?)")
-    arch = get_architecture(gguf.arch, gguf.path)
+    arch = family_for_gguf(gguf.arch, gguf.path)
     if TensorNames.TOKEN_EMBD not in gguf.tensors:
         _missing(gguf, TensorNames.TOKEN_EMBD)
-    hp = read_hparams(gguf)
+    hp = read_hparams(gguf, arch)
     model = ModelFile(gguf, hp, arch)
     check_tensors(model)
     return model
@@ -147,8 +163,9 @@ def _key(gguf: GGUFFile, key: str, default=None, kind=int):
         raise FormatError(f"{gguf.path}: metadata key {full} = {value!r} is not a {kind.__name__}") from None
 
 
-def read_hparams(gguf: GGUFFile) -> HParams:
-    """Hyperparameters from the `{arch}.*` keys (defaults as llama.cpp's where it has one)."""
+def read_hparams(gguf: GGUFFile, arch: Family | None = None) -> HParams:
+    """Hyperparameters from the `{arch}.*` keys (defaults as llama.cpp's where it has one);
+    the family adds its own (attention scale, sliding window, ...)."""
     n_embd = _key(gguf, Keys.EMBED)
     n_head = _key(gguf, Keys.HEADS)
     n_head_kv = _key(gguf, Keys.HEADS_KV, n_head)
@@ -160,7 +177,9 @@ def read_hparams(gguf: GGUFFile) -> HParams:
     n_rot = _key(gguf, Keys.ROPE_DIM, head_dim)
     if n_rot % 2 or not 0 < n_rot <= head_dim:
         raise FormatError(f"{gguf.path}: rope.dimension_count {n_rot} must be even and at most the head size {head_dim}")
+    extra = arch.runtime_hparams(lambda key, default=None, kind=int: _key(gguf, key, default, kind)) if arch else {}
     return HParams(
+        **extra,
         arch=gguf.arch,
         n_vocab=int(gguf.tensors[TensorNames.TOKEN_EMBD].shape[0]),
         n_embd=n_embd,
@@ -207,11 +226,17 @@ def check_tensors(model: ModelFile) -> None:
         "attn_q": (q_out, hp.n_embd), "attn_k": (kv_out, hp.n_embd), "attn_v": (kv_out, hp.n_embd),
         "attn_output": (hp.n_embd, q_out),
         "ffn_gate": (hp.n_ff, hp.n_embd), "ffn_up": (hp.n_ff, hp.n_embd), "ffn_down": (hp.n_embd, hp.n_ff),
+        "attn_qkv": (q_out + 2 * kv_out, hp.n_embd),
         "attn_q_bias": (q_out,), "attn_k_bias": (kv_out,), "attn_v_bias": (kv_out,),
+        "attn_q_norm": (hp.head_dim,), "attn_k_norm": (hp.head_dim,),
+        "post_attention_norm": (hp.n_embd,), "post_ffw_norm": (hp.n_embd,),
     }
     for bid in range(hp.n_layer):
-        for role, name in model.block(bid).items():
+        roles = model.block(bid)
+        for role, name in roles.items():
             expect[name] = per_role[role]
+        if "ffn_gate" not in roles:  # ffn_up holds gate | up (Phi-3)
+            expect[roles["ffn_up"]] = (2 * hp.n_ff, hp.n_embd)
     if model.has(TensorNames.ROPE_FREQS):
         expect[TensorNames.ROPE_FREQS] = (hp.n_rot // 2,)
     for name, shape in expect.items():

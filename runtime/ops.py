@@ -1,7 +1,8 @@
 """The transformer's non-matmul math in numpy float32, shared by every CPU backend.
 
 RMSNorm, RoPE (ggml's normal and NEOX pairings, base frequency, linear scaling,
-Llama-3 per-pair factors), grouped-query causal attention and SwiGLU. These
+Llama-3 per-pair factors), grouped-query causal attention (optionally over a sliding
+window), SwiGLU / GeGLU and logit soft-capping. These
 are a few lines each over numpy, so they are written here rather than pulled
 from a framework (the runtime must not import torch).
 """
@@ -28,6 +29,26 @@ def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """silu(gate) * up.  (T, F) each."""
     with np.errstate(over="ignore"):  # exp overflow -> inf -> silu 0, the right limit
         return silu(gate) * up
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU with the tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    c = np.float32(np.sqrt(2.0 / np.pi))
+    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(c * (x + np.float32(0.044715) * x * x * x)))
+
+
+def geglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """gelu_tanh(gate) * up (Gemma's FFN).  (T, F) each."""
+    with np.errstate(over="ignore"):  # x^3 overflow -> tanh(+-inf) = +-1, the right limit
+        return gelu_tanh(gate) * up
+
+
+ACTIVATIONS = {"silu": swiglu, "gelu_tanh": geglu}  # edgeslim.arch `activation` -> gated FFN
+
+
+def softcap(x: np.ndarray, cap: float) -> np.ndarray:
+    """cap * tanh(x / cap) (Gemma's final-logit soft-capping); cap <= 0 leaves x as is."""
+    return x if cap <= 0 else (np.float32(cap) * np.tanh(x / np.float32(cap))).astype(np.float32)
 
 
 class Rope:
@@ -74,11 +95,13 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def attention(q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
-    """Causal grouped-query attention.
+def attention(q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int, scale: float | None = None,
+              window: int = 0, kpos0: int = 0) -> np.ndarray:
+    """Causal grouped-query attention, optionally over a sliding window.
 
     q: (T, H, Hd) queries at positions start..start+T-1
-    kt: (Hkv, Hd, S) float32 keys (transposed), v: (Hkv, S, Hd) values, positions 0..S-1, S = start + T
+    kt: (Hkv, Hd, S) float32 keys (transposed), v: (Hkv, S, Hd) values at positions kpos0..kpos0+S-1
+    scale: multiplies q (default 1/sqrt(Hd)); window > 0: a query at p sees keys p-window+1..p only
     returns (T, H * Hd)
     Query head h uses kv head h // (H / Hkv), as in ggml and transformers.
     """
@@ -86,12 +109,10 @@ def attention(q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int) -> np.nd
     Hkv, S, _ = v.shape
     G = H // Hkv
     qg = q.reshape(T, Hkv, G, Hd).transpose(1, 2, 0, 3).reshape(Hkv, G * T, Hd)  # (Hkv, G*T, Hd)
-    qg = qg * np.float32(1.0 / np.sqrt(Hd))
-    # query row t (absolute position start + t) may see keys 0..start+t
-    mask = None
-    if T > 1:  # additive mask: 0 where key s <= start + t, -inf after; rows ordered (g, t)
-        future = np.arange(S)[None, :] > (start + np.arange(T))[:, None]  # (T, S)
-        mask = np.tile(np.where(future, np.float32(-np.inf), np.float32(0)), (G, 1))  # (G*T, S)
+    qg = qg * np.float32(1.0 / np.sqrt(Hd) if scale is None else scale)
+    mask = attention_mask(T, S, start, window, kpos0)
+    if mask is not None:
+        mask = np.tile(mask, (G, 1))  # (G*T, S): rows ordered (g, t)
     out = np.empty((Hkv, G * T, Hd), np.float32)
     heads = [slice(None)] if G * T * S * Hkv <= _ATTN_BATCH_ELEMS else [slice(h, h + 1) for h in range(Hkv)]
     for hs in heads:
@@ -100,3 +121,16 @@ def attention(q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int) -> np.nd
             scores += mask
         out[hs] = np.matmul(softmax(scores), v[hs])  # (h, G*T, Hd)
     return out.reshape(Hkv, G, T, Hd).transpose(2, 0, 1, 3).reshape(T, H * Hd)  # (T, H*Hd)
+
+
+def attention_mask(T: int, S: int, start: int, window: int, kpos0: int) -> np.ndarray | None:
+    """(T, S) additive mask: 0 where key position kpos0+s is visible to query start+t, -inf elsewhere;
+    None when every key is visible to every query."""
+    qpos = start + np.arange(T)[:, None]  # (T, 1)
+    kpos = kpos0 + np.arange(S)[None, :]  # (1, S)
+    hidden = kpos > qpos
+    if window:
+        hidden |= qpos - kpos >= window
+    if not hidden.any():
+        return None
+    return np.where(hidden, np.float32(-np.inf), np.float32(0))

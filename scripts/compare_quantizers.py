@@ -1,15 +1,20 @@
-"""Print our quantizers' reconstruction error next to llama.cpp's on the same weights.
+"""Print our quantizers' reconstruction error next to llama.cpp's on the same weights, and their speed.
 
-    python scripts/compare_quantizers.py [--rows 256] [--cols 4096] [--stories PATH]
+    python scripts/compare_quantizers.py [--rows 256] [--cols 4096] [--stories PATH] [--types Q4_0,IQ2_S] [--no-mlx]
+    python scripts/compare_quantizers.py --gptq --rows 1536 --cols 768 [--types ...]   # GPTQ's CPU time per type
 
 Needs llama-cpp-python installed (its libggml-base is called through ctypes, see
 edgeslim/quants/ggml_ref.py) or EDGESLIM_GGML_LIB pointing at a libggml-base.
-Errors are relative RMS; with an importance vector both are importance-weighted.
+Errors are relative RMS; with an importance vector both are importance-weighted
+(llama.cpp refuses IQ2_XXS / IQ2_XS / IQ1_S without one: those rows are imatrix-only).
+"ours Mw/s" is our quantizer's throughput in million weights per CPU-second of this
+process (process_time: meaningful on a busy machine; numpy runs single-threaded here).
 Also prints MLX's affine error next to ours when mlx is installed.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +23,12 @@ import numpy as np
 from edgeslim import quants as Q
 from edgeslim.quants import ggml_ref
 
-K_TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: CPU time = one core's time
+
+from edgeslim.tables import GGML_WRITABLE, quant_info  # noqa: E402
+
+TYPES = tuple(t for t in GGML_WRITABLE if quant_info(t).family == "ggml")
+NEEDS_IMATRIX = ("IQ2_XXS", "IQ2_XS", "IQ1_S")  # llama.cpp asserts (aborts the process) without one
 DEFAULT_STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "models" / "stories260K" / "stories260K.bin"
 
 
@@ -37,21 +47,45 @@ def matrices(rows: int, cols: int, stories: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def compare_ggml(mats):
-    print(f"{'weights':18s} {'type':6s} {'imatrix':7s} {'ours':>9s} {'llama.cpp':>9s} {'ratio':>7s} {'ours s':>7s} {'llama s':>7s}")
+def compare_ggml(mats, types):
+    print(f"{'weights':18s} {'type':7s} {'imatrix':7s} {'ours':>9s} {'llama.cpp':>9s} {'ratio':>7s} "
+          f"{'ours Mw/s':>9s} {'llama s':>7s}")
     for name, w in mats.items():
         imp = (np.random.default_rng(1).gamma(0.5, 2.0, w.shape[1]) + 1e-3).astype(np.float32)
-        for qtype in K_TYPES:
-            for im in (None, imp):
+        for qtype in types:
+            if w.shape[1] % quant_info(qtype).block:
+                continue
+            for im in ((imp,) if qtype in NEEDS_IMATRIX else (None, imp)):
                 c = np.ones(w.shape[1], np.float32) if im is None else im
-                t0 = time.perf_counter()
-                ours = rel_rms(w, Q.dequantize(Q.quantize(w, qtype, im)), c)
-                t1 = time.perf_counter()
-                raw = ggml_ref.quantize(w, qtype, im)
+                t0 = time.process_time()
+                q = Q.quantize(w, qtype, im)
+                t1 = time.process_time()
+                ours = rel_rms(w, Q.dequantize(q), c)
                 t2 = time.perf_counter()
+                raw = ggml_ref.quantize(w, qtype, im)
+                t3 = time.perf_counter()
                 theirs = rel_rms(w, Q.dequantize_raw(raw, qtype, w.shape), c)
-                print(f"{name:18s} {qtype:6s} {'yes' if im is not None else 'no':7s} {ours:9.5f} {theirs:9.5f} "
-                      f"{ours / theirs:7.4f} {t1 - t0:7.2f} {t2 - t1:7.2f}")
+                print(f"{name:18s} {qtype:7s} {'yes' if im is not None else 'no':7s} {ours:9.5f} {theirs:9.5f} "
+                      f"{ours / theirs:7.4f} {w.size / max(t1 - t0, 1e-9) / 1e6:9.2f} {t3 - t2:7.2f}", flush=True)
+
+
+def time_gptq(rows: int, cols: int, types) -> None:
+    """CPU seconds of gptq_quantize per type on one (rows, cols) matrix with a correlated Hessian
+    (the factorization, shared by every type, is not counted)."""
+    from edgeslim.convert.gptq import gptq_quantize, prepare_hessian
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2 * cols, cols)) @ (rng.standard_normal((cols, cols)) * np.arange(1, cols + 1) ** -0.7)
+    prep = prepare_hessian((2 * X.T @ X / len(X)).astype(np.float32))
+    w = (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32)
+    print(f"{'type':8s} {'shape':>11s} {'cpu s':>7s} {'Mw/s':>6s}")
+    for qtype in types:
+        if cols % quant_info(qtype).block:
+            continue
+        t0 = time.process_time()
+        gptq_quantize(w, prep, qtype)
+        dt = time.process_time() - t0
+        print(f"{qtype:8s} {f'{rows}x{cols}':>11s} {dt:7.2f} {w.size / dt / 1e6:6.2f}", flush=True)
 
 
 def compare_mlx(mats):
@@ -76,13 +110,21 @@ def main():
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--cols", type=int, default=4096)
     ap.add_argument("--stories", type=Path, default=DEFAULT_STORIES)
+    ap.add_argument("--types", default=",".join(TYPES), help="comma-separated ggml types (default: all we write)")
+    ap.add_argument("--no-mlx", action="store_true", help="skip the affine comparison with MLX")
+    ap.add_argument("--gptq", action="store_true", help="time GPTQ per type instead (no llama.cpp needed)")
     args = ap.parse_args()
+    types = [quant_info(t).name for t in args.types.split(",") if t]
+    if args.gptq:
+        time_gptq(args.rows, args.cols, [t for t in types if t not in ("F32", "F16", "BF16")])
+        return
     mats = matrices(args.rows, args.cols, args.stories)
     if ggml_ref.load() is None:
         print("llama.cpp's ggml library not found (pip install llama-cpp-python): ggml comparison skipped")
     else:
-        compare_ggml(mats)
-    compare_mlx(mats)
+        compare_ggml(mats, [t for t in types if t not in ("F32", "F16", "BF16")])
+    if not args.no_mlx:
+        compare_mlx(mats)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,16 @@ LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Gemma 3 with its real proportions shrunk (head_dim > hidden/heads, one KV head): local, local,
+# global layers (a pattern llama.cpp reads from the file), window 16 (< the 40-token test),
+# linear RoPE scaling on the global layer only, final logit soft-capping.
+GEMMA3 = {"num_hidden_layers": 3, "num_key_value_heads": 1, "head_dim": 64, "query_pre_attn_scalar": 64,
+          "sliding_window": 16, "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+          "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                              "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}},
+          "final_logit_softcapping": 30.0, "tie_word_embeddings": True}
+# transformers' defaults (both layers local, query_pre_attn_scalar 256 != head_dim: the attention.scale key)
+GEMMA3_DEFAULT = {"num_key_value_heads": 1, "head_dim": 64, "sliding_window": 8, "tie_word_embeddings": True}
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
@@ -112,10 +122,11 @@ TOKENIZERS = {
 
 
 def model_config(kind: str, vocab_size: int, **overrides):
-    """A transformers config for a tiny model of `kind` (llama, mistral, qwen2)."""
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+    """A transformers config for a tiny model of `kind` (llama, mistral, qwen2, gemma3, phi3)."""
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
-    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[kind]
+    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "gemma3": Gemma3TextConfig,
+           "phi3": Phi3Config}[kind]
     kw = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=512, rms_norm_eps=1e-5,
               bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=False)
@@ -168,3 +179,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present beside the checkout")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def demo_gguf(tmp_path_factory) -> Path:
+    """The bundled demo model converted to Q8_0 once per session (needs no torch: safetensors in,
+    one type for every matrix)."""
+    from edgeslim.convert.pipeline import convert
+    from edgeslim.demo import DEMO_DIR
+
+    out = tmp_path_factory.mktemp("demo") / "demo-q8_0.gguf"
+    convert(str(DEMO_DIR), out, quant="Q8_0", progress=False)
+    return out

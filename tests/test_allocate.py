@@ -8,7 +8,7 @@ import pytest
 
 from edgeslim.convert import allocate as L
 from edgeslim.convert import candidates as C
-from edgeslim.convert.analyze import TensorAnalysis, analyze_tensor, family_types, type_bytes
+from edgeslim.convert.analyze import TensorAnalysis, analyze_tensor, effective_types, family_types, type_bytes
 from edgeslim.errors import FitError, InputError
 from edgeslim.targets import OVERHEAD_BYTES, get_target, kv_cache_bytes
 from edgeslim.tables import quant_info
@@ -112,7 +112,7 @@ def _fake(name, shape=(64, 256), frac=0.8, rel=1.0, weighted=False, act_mean=1.0
     """A TensorAnalysis with errors energy * rel * 4^-bpw (energy = numel * scale)."""
     numel = shape[0] * shape[1]
     energy = numel * scale
-    sse = {t: energy * rel * 4.0 ** -quant_info(t).bpw for t in GGML}
+    sse = {t: energy * rel * 4.0 ** -quant_info(t).bpw for t in (*GGML, *effective_types(GGML, shape[1]))}
     stats = {"erank_fraction": frac, "erank": frac * min(shape), "energy": energy, "kurtosis": 3.0,
              "outlier_share": 0.0027}
     if weighted:
@@ -136,15 +136,15 @@ def test_uniform_picks_the_best_single_type_that_fits():
 
 
 def test_uniform_applies_block_fallbacks():
-    an = [_fake("a"), _fake("b", shape=(64, 96))]  # 96 columns: K-quants fall back to Q8_0
+    an = [_fake("a"), _fake("b", shape=(64, 96))]  # 96 columns: K-quants fall back to 32-wide types
     al = L.allocate(an, 10**9, "uniform", types=GGML[:-1])
     assert al.tensor_types() == {"a": "Q8_0", "b": "Q8_0"}
     assert L.allocate(an, 10**9, "sensitivity", top_f16=False).tensor_types() == {"a": "Q8_0", "b": "Q8_0"}
     assert L.allocate(an, 10**9, "sensitivity").tensor_types() == {"a": "F16", "b": "F16"}
     with pytest.raises(InputError, match="AFFINE2_G64 was not measured"):
         L.allocate(an, 10**9, "sensitivity", family="affine")
-    al = L.allocate(an, type_bytes("Q4_K", 64 * 256) + type_bytes("Q8_0", 64 * 96), "uniform")
-    assert al.tensor_types() == {"a": "Q4_K", "b": "Q8_0"} and al.uniform_type == "Q4_K"
+    al = L.allocate(an, type_bytes("Q4_K", 64 * 256) + type_bytes("Q5_0", 64 * 96), "uniform")
+    assert al.tensor_types() == {"a": "Q4_K", "b": "Q5_0"} and al.uniform_type == "Q4_K"
 
 
 def test_sensitivity_gives_important_tensors_more_bits():

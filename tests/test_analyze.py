@@ -126,7 +126,7 @@ def test_weighted_error_is_importance_times_column_error():
 
 def test_fallback_types_are_the_keys():
     w = np.random.default_rng(8).standard_normal((4, 96)).astype(np.float32)  # 96 % 256 != 0, 96 % 64 != 0
-    assert list(A.type_errors(w, A.family_types("ggml"))) == ["Q8_0", "F16"]
+    assert list(A.type_errors(w, A.family_types("ggml"))) == ["IQ4_NL", "Q5_0", "Q5_1", "Q8_0", "F16"]
     assert list(A.type_errors(w, A.family_types("affine"))) == [f"AFFINE{b}_G32" for b in (2, 3, 4, 5, 6, 8)] + ["F16"]
 
 
@@ -225,8 +225,8 @@ def test_analyze_stories260k():
     assert len(rows) == 2 + 5 * 7  # embedding, head, 7 matrices per layer
     q = rows["blk.0.attn_q.weight"]
     assert q["shape"] == [64, 64] and 0.3 < q["erank_fraction"] < 1.0 and q["kurtosis"] > 3
-    # 64 columns: the k-quants fall back to Q8_0; 172 columns: everything falls back to F16
-    assert q["errors"]["Q4_K"]["used"] == "Q8_0"
+    # 64 columns: the k-quants fall back to 32-wide types (Q4_K -> Q5_0); 172 columns: everything to F16
+    assert q["errors"]["Q4_K"]["used"] == "Q5_0" and q["errors"]["Q2_K"]["used"] == "IQ4_NL"
     assert rows["blk.0.ffn_down.weight"]["errors"]["Q2_K"]["used"] == "F16"
 
 

@@ -9,6 +9,7 @@ import pytest
 import edgeslim
 from edgeslim.errors import InputError
 from edgeslim.runtime.api import BusyError, Model, plain_chat
+from edgeslim.runtime.handle import Generation
 from test_runtime_models import tiny_gguf  # noqa: F401  (fixture)
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Ka lo mi ta?"}]
@@ -126,3 +127,106 @@ def test_public_api_has_docstrings():
     for obj in (edgeslim.load, Model, Model.generate, Model.stream, Model.chat, Model.stream_chat,
                 Model.logits, Model.perplexity, Model.tokenize, Model.apply_chat_template):
         assert obj.__doc__ and len(obj.__doc__.strip()) > 20, obj
+
+
+# -- for desktop apps: cancel, callbacks, time limits, conversations, fit, convert ----------------
+def test_cancel_from_another_thread_lands_within_one_token(model):
+    gen = model.stream("Ka lo", max_tokens=200, temperature=0)
+    assert isinstance(gen, Generation)
+    paused, resume = threading.Event(), threading.Event()
+    seen = []
+
+    def consume():
+        for piece in gen:
+            seen.append(piece)
+            if len(seen) == 3:
+                paused.set()
+                resume.wait(10)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    assert paused.wait(30)
+    at_cancel = gen.stats.generated_tokens
+    gen.cancel()  # while the consumer holds the third piece: no further token may be computed
+    resume.set()
+    t.join(30)
+    assert gen.stats.finish_reason == "cancelled" and gen.stats.generated_tokens == at_cancel
+    # free-running: whatever token is in flight may finish, no more
+    gen = model.stream("Ka lo", max_tokens=400, temperature=0)
+    first = threading.Event()
+    t = threading.Thread(target=lambda: [first.set() for _ in gen])
+    t.start()
+    assert first.wait(30)
+    at_cancel = gen.stats.generated_tokens
+    assert model.cancel() is True  # Model.cancel() stops whatever generation is running
+    t.join(30)
+    assert gen.stats.finish_reason == "cancelled" and gen.stats.generated_tokens <= at_cancel + 1
+    assert model.cancel() is False  # nothing running now
+
+
+def test_callback_streaming_time_limit_and_cancel_event(model):
+    pieces = []
+    text = model.generate("Ka lo", max_tokens=12, temperature=0, on_text=pieces.append)
+    assert "".join(pieces) == text and len(pieces) >= 2
+    model.generate("Ka lo", max_tokens=50, temperature=0, on_text=lambda p: False)  # False: stop
+    assert model.last_stats.finish_reason == "cancelled" and model.last_stats.generated_tokens == 1
+    model.generate("Ka lo", max_tokens=300, temperature=0, time_limit=1e-6)
+    assert model.last_stats.finish_reason == "time_limit" and model.last_stats.generated_tokens <= 1
+    stop = threading.Event()
+    stop.set()
+    assert model.chat(CHAT, max_tokens=20, cancel=stop) == ""
+    assert model.last_stats.finish_reason == "cancelled"
+    with pytest.raises(InputError):
+        model.generate("Ka", max_tokens=2, time_limit=0)
+
+
+def test_cache_slots_keep_interleaved_conversations(tiny_gguf):  # noqa: F811
+    def turn2_evaluated(m) -> int:
+        a1 = [{"role": "user", "content": "Ka lo mi ta ren so vu pe dor an is?"}]
+        b1 = [{"role": "user", "content": "Dor an is the and un ex ly?"}]
+        ra = m.chat(a1, max_tokens=6, temperature=0)
+        m.chat(b1, max_tokens=6, temperature=0)  # another conversation in between
+        m.chat(a1 + [{"role": "assistant", "content": ra}, {"role": "user", "content": "Vu?"}], max_tokens=4,
+               temperature=0)
+        return m.last_stats.prompt_evaluated
+
+    two = edgeslim.load(tiny_gguf("llama"), backend="numpy", n_ctx=256, cache_slots=2)
+    one = edgeslim.load(tiny_gguf("llama"), backend="numpy", n_ctx=256, cache_slots=1)
+    assert turn2_evaluated(two) + 10 < turn2_evaluated(one)
+    with pytest.raises(InputError):
+        edgeslim.load(tiny_gguf("llama"), backend="numpy", cache_slots=0)
+
+
+def test_fit_before_loading(tiny_gguf):  # noqa: F811
+    from edgeslim.demo import DEMO_DIR
+
+    here = edgeslim.fit(tiny_gguf("llama"))
+    assert here.fits and here.quant == "F32" and here.source == "gguf" and "fits" in here.text()
+    assert not edgeslim.fit(tiny_gguf("llama"), ctx=10**9).fits  # a KV cache of tens of TB
+    hf = edgeslim.fit(DEMO_DIR, target="rpi5-4gb")
+    assert hf.fits and hf.quant == "Q8_0" and hf.fit.target.name == "rpi5-4gb"
+    assert edgeslim.fit(DEMO_DIR, target="m2-8gb", quant="Q4_K").quant == "Q4_K"
+    tight = edgeslim.fit(DEMO_DIR, target="rpi5-4gb", ctx=10**7)
+    assert not tight.fits and tight.quant is None and "does NOT fit" in tight.advice
+    with pytest.raises(InputError):
+        edgeslim.fit("/no/such/model")
+
+
+def test_convert_function_reports_progress(tmp_path):
+    from edgeslim.demo import DEMO_DIR
+
+    calls = []
+    out = tmp_path / "demo.gguf"
+    report = edgeslim.convert(DEMO_DIR, out, quant="Q8_0", progress=lambda *a: calls.append(a))
+    assert out.is_file() and report["quant"] == "Q8_0"
+    done = [c[0] for c in calls if c[2] == "convert"]
+    assert done == sorted(done) and done[-1] == calls[-1][1] > 0
+    assert any(c[3] for c in calls)  # tensor names are reported
+
+    def boom(done, total, stage, tensor):
+        if done > total // 2:
+            raise KeyboardInterrupt  # an app's "cancel conversion"
+
+    with pytest.raises(KeyboardInterrupt):
+        edgeslim.convert(DEMO_DIR, tmp_path / "stopped.gguf", quant="Q8_0", progress=boom)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.gguf"]  # no partial file left

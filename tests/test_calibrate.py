@@ -13,6 +13,8 @@ from edgeslim.convert.hf import read_config  # noqa: E402
 from edgeslim.errors import InputError  # noqa: E402
 from edgeslim.tables import TensorNames  # noqa: E402
 
+from conftest import GEMMA3, GEMMA3_DEFAULT  # noqa: E402
+
 ATOL = 1e-5
 
 
@@ -66,7 +68,9 @@ def _reference_stats(model, folder, seqs, edit=None):
     ("llama", "spm", {}), ("qwen2", "bpe-qwen2", {}), ("mistral", "spm", {}),
     ("mistral", "spm", {"sliding_window": 16}),  # window shorter than the sequences
     ("qwen2", "bpe-qwen2", {"use_sliding_window": True, "sliding_window": 16, "max_window_layers": 1}),  # mixed layers
-], ids=["llama", "qwen2", "mistral", "mistral-window16", "qwen2-mixed-window16"])
+    ("gemma3", "spm", GEMMA3), ("gemma3", "spm", GEMMA3_DEFAULT),  # scaled embedding, per-layer-type RoPE
+    ("phi3", "spm", {"hidden_size": 192, "num_attention_heads": 2, "num_key_value_heads": 2}),  # fused qkv, gate|up
+], ids=["llama", "qwen2", "mistral", "mistral-window16", "qwen2-mixed-window16", "gemma3", "gemma3-default", "phi3"])
 def test_layerwise_hidden_states_equal_full_model(tiny_hf_model, kind, tok, over):
     folder = tiny_hf_model(kind, tok, **over)
     ids = _ids(folder)
@@ -88,9 +92,9 @@ def test_layerwise_hidden_states_equal_full_model(tiny_hf_model, kind, tok, over
         np.testing.assert_allclose(got[n_layers + 1][k], ref[-1][0].numpy(), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("kind,tok,tied", [("llama", "spm", False), ("qwen2", "bpe-qwen2", True)])
+@pytest.mark.parametrize("kind,tok,tied", [("llama", "spm", False), ("qwen2", "bpe-qwen2", True), ("gemma3", "spm", True)])
 def test_stats_equal_hooks_on_full_model(tiny_hf_model, kind, tok, tied):
-    folder = tiny_hf_model(kind, tok, tie_word_embeddings=tied)
+    folder = tiny_hf_model(kind, tok, **{**(GEMMA3_DEFAULT if kind == "gemma3" else {}), "tie_word_embeddings": tied})
     ids = _ids(folder, seed=1)
     st = C.collect(folder, ids, n_tokens=200, seq_len=64, want_hessian=True)
     ref = _reference_stats(_full_model(folder), folder, C.calib_token_ids(folder, ids, 200, 64))

@@ -108,13 +108,13 @@ def test_metadata_copied(stories, q8):
     assert report["fit"]["kv_cache_bytes"] == 2 * 5 * 4096 * 4 * 8 * 2
 
 
-def test_q4_k_falls_back_to_q8_0(stories, tmp_path, capsys):
+def test_q4_k_falls_back_to_q5_0(stories, tmp_path, capsys):
     out = tmp_path / "q4.gguf"
     report = convert(str(stories), out, quant="Q4_K", progress=False)
     err = capsys.readouterr().err
-    assert "rows of 64 are not a multiple of Q4_K's block of 256" in err and "use Q8_0" in err
+    assert "rows of 64 are not a multiple of Q4_K's block of 256" in err and "use Q5_0" in err
     types = {n: t.tensor_type.name for n, t in tensors(out).items()}
-    assert types["token_embd.weight"] == types["blk.3.attn_k.weight"] == types["output.weight"] == "Q8_0"
+    assert types["token_embd.weight"] == types["blk.3.attn_k.weight"] == types["output.weight"] == "Q5_0"
     assert types["blk.0.ffn_down.weight"] == "F16" and types["blk.0.attn_norm.weight"] == "F32"
     assert "Q4_K" not in types.values()
     assert gguf.GGUFReader(out).get_field(Keys.FILE_TYPE).contents() == 15

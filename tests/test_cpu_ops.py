@@ -47,31 +47,67 @@ def test_rms_norm_and_swiglu_match_numpy():
 @pytest.mark.parametrize("n_head,n_kv,n_rot", [(4, 2, 16), (4, 4, 8), (6, 1, 16)])
 @pytest.mark.parametrize("T", [1, 5])
 def test_attend_f16_matches_numpy_path(neox, n_head, n_kv, n_rot, T):
+    check_attend(neox, n_head, n_kv, n_rot, T, start=7, n_ctx=32, window=0)
+
+
+@pytest.mark.parametrize("T", [1, 4])
+@pytest.mark.parametrize("start", [3, 9, 30])
+def test_attend_f16_sliding_window_ring(T, start):
+    """A window of 6 positions in a ring of 6 + RING_SLACK slots, wrapped several times."""
+    import edgeslim.runtime.kv_cache as kv
+
+    old = kv.RING_SLACK
+    kv.RING_SLACK = 3  # ring of 9 slots: >= window + T - 1
+    try:
+        check_attend(True, 4, 2, 16, T, start=start, n_ctx=64, window=6)
+    finally:
+        kv.RING_SLACK = old
+
+
+def check_attend(neox, n_head, n_kv, n_rot, T, start, n_ctx, window):
+    """cpu_ops' attention (both compilations) equals the numpy path on the same cache:
+    same outputs, same fp16 bits written; window > 0 uses a ring cache."""
     rng = np.random.default_rng(2)
-    hd, n_ctx, start = 16, 32, 7
+    hd = 16
     rope = Rope(n_rot, 10000.0, n_ctx, neox)
-    ref_cache = KVCache(1, n_kv, hd, n_ctx)
-    ref_cache.k[:] = rng.standard_normal(ref_cache.k.shape).astype(np.float16)  # earlier positions
-    ref_cache.v[:] = rng.standard_normal(ref_cache.v.shape).astype(np.float16)
+    ref_cache = KVCache(1, n_kv, hd, n_ctx, windows=(window,))
+    ring = ref_cache.ring(0)
+    assert bool(ring) == bool(window)
+    for a in (ref_cache.k[0], ref_cache.v[0]):  # earlier positions (every slot, so a stale one would show)
+        a[:] = rng.standard_normal(a.shape).astype(np.float16)
     ref_cache.pos = start
-    ours = KVCache(1, n_kv, hd, n_ctx)
-    ours.k[:], ours.v[:], ours.pos = ref_cache.k, ref_cache.v, start
     q = rng.standard_normal((T, n_head, hd)).astype(np.float32)
     k = rng.standard_normal((T, n_kv, hd)).astype(np.float32)
     v = rng.standard_normal((T, n_kv, hd)).astype(np.float32)
+    saved = [ref_cache.k[0].copy(), ref_cache.v[0].copy()]
 
     qr, kr = rope(q, start), rope(k, start)  # the numpy path of CPUBackend.attend
-    ref_cache.store(0, kr, v)
-    kc, vc = ref_cache.view(0, start + T)
-    want = attention(qr, kc, vc, start)  # (T, H*Hd)
+    kc, vc, kpos0 = ref_cache.window_view(0, kr, v)
+    want = attention(qr, kc, vc, start, 0.3, window, kpos0)  # (T, H*Hd)
 
     qkv = np.concatenate([q.reshape(T, -1), k.reshape(T, -1), v.reshape(T, -1)], axis=1)  # (T, (H+2Hkv)*Hd)
+    ours = KVCache(1, n_kv, hd, n_ctx, windows=(window,))
     for fn in (cpu_ops.attend_serial, cpu_ops.attend_parallel):
-        ours.k[:], ours.v[:] = ref_cache.k, ref_cache.v
-        ours.k[..., start:start + T], ours.v[:, :, start:start + T] = 0, 0  # what the call must write
-        got = fn(qkv, n_head, rope.cos, rope.sin, neox, ours.k16[0], ours.v16[0], start)
+        ours.k[0][:], ours.v[0][:] = saved
+        got = fn(qkv, n_head, rope.cos, rope.sin, neox, ours.k16[0], ours.v16[0], start, 0.3, window, ring)
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
-        assert np.array_equal(ours.k16, ref_cache.k16) and np.array_equal(ours.v16, ref_cache.v16)  # same bits
+        assert np.array_equal(ours.k16[0], ref_cache.k16[0]) and np.array_equal(ours.v16[0], ref_cache.v16[0])
+
+
+def test_geglu_and_head_norms_match_numpy():
+    from edgeslim.runtime.ops import geglu
+
+    rng = np.random.default_rng(4)
+    gu = (rng.standard_normal((2, 2 * 64)) * 5).astype(np.float32)
+    np.testing.assert_allclose(cpu_ops.geglu_halves(gu), geglu(gu[:, :64], gu[:, 64:]), rtol=1e-5, atol=1e-5)
+    H, Hkv, hd = 4, 2, 16
+    qkv = rng.standard_normal((3, (H + 2 * Hkv) * hd)).astype(np.float32)
+    qw, kw = rng.standard_normal(hd).astype(np.float32), rng.standard_normal(hd).astype(np.float32)
+    want = qkv.copy()
+    want[:, :H * hd] = rms_norm(qkv[:, :H * hd].reshape(-1, hd), qw, 1e-6).reshape(3, -1)
+    want[:, H * hd:(H + Hkv) * hd] = rms_norm(qkv[:, H * hd:(H + Hkv) * hd].reshape(-1, hd), kw, 1e-6).reshape(3, -1)
+    cpu_ops.head_norms(qkv, H, Hkv, hd, qw, kw, 1e-6)
+    np.testing.assert_allclose(qkv, want, rtol=1e-5, atol=1e-6)
 
 
 def test_concat_rows_equals_separate_matmuls():

@@ -137,9 +137,9 @@ def test_float_weights(qtype):
 
 def test_prefill_path_uses_exact_weights(monkeypatch):
     """T > SMALL_T_* goes through dequantized tiles + BLAS: float32-exact, no activation rounding."""
-    monkeypatch.setattr(K, "SMALL_T_QUANT", 4)
-    monkeypatch.setattr(K, "SMALL_T_8BIT", 4)
-    monkeypatch.setattr(K, "TILE_ELEMS", 256 * 256)
+    monkeypatch.setattr(K.driver, "SMALL_T_QUANT", 4)
+    monkeypatch.setattr(K.driver, "SMALL_T_8BIT", 4)
+    monkeypatch.setattr(K.driver, "TILE_ELEMS", 256 * 256)
     rng = np.random.default_rng(4)
     rows = 256 + 7  # more than one tile
     for qtype in ("Q4_K", "AFFINE4_G32"):  # the affine one also permutes x to the kernel order

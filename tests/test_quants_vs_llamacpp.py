@@ -1,10 +1,12 @@
 """Our quantizers against llama.cpp's own (ggml_quantize_chunk via ctypes).
 
 Skips cleanly when llama-cpp-python (its bundled libggml-base) is not installed.
-Float types and Q8_0 must produce llama.cpp's bytes exactly; the k-quants (and
-Q8_0 with an importance vector, which llama.cpp ignores) must reconstruct with
-an error no larger than llama.cpp's on the same weights, unweighted without an
-importance vector and importance-weighted with one.
+Float types and Q8_0 must produce llama.cpp's bytes exactly; every other type
+we write (k-quants, legacy 32-wide, IQ lattice and non-linear, ternary; Q8_0
+with an importance vector, which llama.cpp ignores) must reconstruct with an
+error no larger than llama.cpp's on the same weights, unweighted without an
+importance vector and importance-weighted with one (llama.cpp refuses IQ2_XXS
+and IQ2_XS without one: imatrix only).
 """
 from __future__ import annotations
 
@@ -63,10 +65,18 @@ def test_bytes_identical_to_llamacpp(qtype, case):
     np.testing.assert_array_equal(Q.quantize(w, qtype).data, ggml_ref.quantize(w, qtype))
 
 
+K_TYPES = ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K"]
+ZOO_TYPES = ["Q5_1", "Q5_0", "Q4_1", "Q4_0", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_S", "IQ2_XS",
+             "IQ2_XXS", "IQ1_M", "IQ1_S", "TQ2_0", "TQ1_0"]
+NEEDS_IMATRIX = ("IQ2_XXS", "IQ2_XS", "IQ1_S")  # llama.cpp aborts the process without one
+
+
 @pytest.mark.parametrize("use_importance", [False, True], ids=["plain", "imatrix"])
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K"])
+@pytest.mark.parametrize("qtype", K_TYPES + ZOO_TYPES)
 @pytest.mark.parametrize("case", _cases())
 def test_error_not_above_llamacpp(qtype, case, use_importance):
+    if qtype in NEEDS_IMATRIX and not use_importance:
+        pytest.skip(f"llama.cpp quantizes {qtype} only with an importance matrix")
     w = _matrix(case)
     imp = _importance(w.shape[1]) if use_importance else None
     c = imp if use_importance else np.ones(w.shape[1], np.float32)

@@ -102,6 +102,27 @@ def test_build_speed():
         assert time.perf_counter() - t0 < 3.0
 
 
+def test_large_vocab_merges_cache(tmp_path, monkeypatch):
+    """Large SPM vocabularies keep their derived merges on disk: the cached list is the derived one,
+    and an unreadable cache file is ignored (re-derived and rewritten)."""
+    import edgeslim.tokenizer_spm as spm
+
+    path, inputs, expected = _vectors("llama-spm")
+    kv = GGUFFile(path).kv
+    monkeypatch.setattr(spm, "CACHE_MIN_TOKENS", 0)
+    monkeypatch.setattr(spm, "CACHE_DIR", tmp_path / "merges")
+    tokens, scores = kv["tokenizer.ggml.tokens"], np.asarray(kv["tokenizer.ggml.scores"], np.float32)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    derived = spm.derive_merges(tokens, scores, vocab)
+    assert spm.cached_merges(tokens, scores, vocab) == derived  # writes the cache
+    (cached,) = (tmp_path / "merges").iterdir()
+    assert spm.cached_merges(tokens, scores, vocab) == derived  # reads it
+    cached.write_bytes(b"garbage")
+    assert spm.cached_merges(tokens, scores, vocab) == derived
+    tok = Tokenizer(kv)
+    assert [tok.encode(t, add_bos=False) for t in inputs] == expected
+
+
 def test_stories260k_greedy_text():
     ids_path, text_path = STORIES / "greedy_256_ids.txt", STORIES / "greedy_256_text.txt"
     if not ids_path.exists():

@@ -6,8 +6,11 @@
     row_bytes(qtype, cols) -> int
     fallback_type(qtype, cols) -> str
 
-ggml family (F32, F16, BF16, Q8_0, Q2_K..Q6_K): `QTensor.data` is uint8
-(rows, row_bytes), exactly the bytes a GGUF file stores for the tensor.
+ggml family (F32, F16, BF16, Q8_0, Q2_K..Q6_K, the legacy Q4_0..Q5_1, the IQ
+lattice types and the ternary TQ1_0/TQ2_0; `tables.GGML_WRITABLE` lists what
+quantize() writes, `tables.GGML_READABLE` what dequantize_raw() reads):
+`QTensor.data` is uint8 (rows, row_bytes), exactly the bytes a GGUF file
+stores for the tensor.
 Affine family (AFFINE{bits}_G{group}): `data` is uint32 codes (rows, cols*bits/32)
 as `mx.quantize` packs them, plus float16 `scales` and `biases` (rows, cols/group).
 
@@ -21,12 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FormatError, InputError, UnsupportedError
-from ..tables import GGML_WRITABLE, QK_K, parse_affine, quant_info
-from . import affine, floats, q2_k, q3_k, q4_k, q6_k, q8_0
+from ..tables import GGML_READABLE, GGML_WRITABLE, parse_affine, quant_info
+from . import affine, floats, iq1, iq2, iq3, iq4, legacy, q2_k, q3_k, q4_k, q6_k, q8_0, ternary
 
 __all__ = ["QTensor", "quantize", "dequantize", "dequantize_raw", "row_bytes", "fallback_type"]
 
-# name -> (encode(blocks, weights) -> bytes, decode(bytes) -> blocks); blocks are (B, block) float32
+# name -> (encode(blocks, weights) -> bytes, or None where edgeslim reads but does not write the type,
+#          decode(bytes) -> blocks); blocks are (B, block) float32
 _GGML = {
     "F32": (floats.encode_f32, floats.decode_f32),
     "F16": (floats.encode_f16, floats.decode_f16),
@@ -37,8 +41,24 @@ _GGML = {
     "Q4_K": (q4_k.encode_q4, q4_k.decode_q4),
     "Q5_K": (q4_k.encode_q5, q4_k.decode_q5),
     "Q6_K": (q6_k.encode, q6_k.decode),
+    "Q4_0": (legacy.encoder("Q4_0"), legacy.decoder("Q4_0")),
+    "Q4_1": (legacy.encoder("Q4_1"), legacy.decoder("Q4_1")),
+    "Q5_0": (legacy.encoder("Q5_0"), legacy.decoder("Q5_0")),
+    "Q5_1": (legacy.encoder("Q5_1"), legacy.decoder("Q5_1")),
+    "IQ4_NL": (iq4.encode_nl, iq4.decode_nl),
+    "IQ4_XS": (iq4.encode_xs, iq4.decode_xs),
+    "IQ2_XXS": (iq2.encode_xxs, iq2.decode_xxs),
+    "IQ2_XS": (iq2.encode_xs, iq2.decode_xs),
+    "IQ2_S": (iq2.encode_s, iq2.decode_s),
+    "IQ3_XXS": (iq3.encode_xxs, iq3.decode_xxs),
+    "IQ3_S": (iq3.encode_s, iq3.decode_s),
+    "TQ1_0": (ternary.encode_tq1, ternary.decode_tq1),
+    "TQ2_0": (ternary.encode_tq2, ternary.decode_tq2),
+    "IQ1_S": (iq1.encode_s, iq1.decode_s),
+    "IQ1_M": (iq1.encode_m, iq1.decode_m),
 }
-assert set(_GGML) == set(GGML_WRITABLE)
+assert {n for n, (enc, _) in _GGML.items() if enc} == set(GGML_WRITABLE)
+assert set(_GGML) == set(GGML_READABLE)
 
 IMPORTANCE_FLOOR = 1e-4  # relative to the mean importance
 CHUNK_WEIGHTS = 1 << 18  # weights per vectorized chunk: amortizes numpy call overhead, stays cache-friendly
@@ -79,10 +99,22 @@ def row_bytes(qtype: str, cols: int) -> int:
     return quant_info(_canonical(qtype)).nbytes(cols)
 
 
+# For rows a type's block does not divide, the 32-wide type llama.cpp falls back to (llama-quant.cpp's
+# tensor_type_fallback; for Q2_K/Q3_K it now picks Q4_0, IQ4_NL stores the same 4.5 bits per weight with
+# less error).  Any other type falls back to F16.
+_FALLBACK = {
+    "IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL", "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL",
+    "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ4_XS": "IQ4_NL", "Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL",
+    "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "TQ1_0": "Q4_0", "TQ2_0": "Q4_0",
+}
+
+
 def fallback_type(qtype: str, cols: int) -> str:
     """The type to use instead of `qtype` when its block does not divide `cols`.
 
-    K-quants -> Q8_0 (cols % 32 == 0) -> F16; Q8_0 -> F16;
+    As llama.cpp: IQ1_*/IQ2_*/IQ3_*/IQ4_XS/Q2_K/Q3_K -> IQ4_NL, Q4_K -> Q5_0,
+    Q5_K -> Q5_1, Q6_K -> Q8_0, TQ1_0/TQ2_0 -> Q4_0 (when cols % 32 == 0);
+    a 32-wide type whose block does not divide -> F16;
     AFFINEb_G64 -> AFFINEb_G32 -> F16.  Float types always fit.
     """
     name = _canonical(qtype)
@@ -92,8 +124,8 @@ def fallback_type(qtype: str, cols: int) -> str:
     if info.family == "affine":
         bits, group = parse_affine(name)
         return fallback_type(f"AFFINE{bits}_G32", cols) if group > 32 else "F16"
-    if info.block == QK_K:
-        return fallback_type("Q8_0", cols)
+    if name in _FALLBACK:
+        return fallback_type(_FALLBACK[name], cols)
     return "F16"
 
 
@@ -133,7 +165,7 @@ def quantize(w: np.ndarray, qtype: str, importance: np.ndarray | None = None) ->
     if aff:
         codes, scales, biases = affine.quantize(w, *aff, imp)
         return QTensor(name, (rows, cols), codes, scales, biases)
-    if name not in _GGML:
+    if _GGML.get(name, (None,))[0] is None:
         raise UnsupportedError(f"edgeslim cannot write {name}: choose one of {', '.join(GGML_WRITABLE)}")
     encode = _GGML[name][0]
     info = quant_info(name)
@@ -162,7 +194,7 @@ def dequantize_raw(raw: np.ndarray, qtype: str, shape: tuple[int, int]) -> np.nd
     name = _canonical(qtype)
     if name not in _GGML:
         raise UnsupportedError(f"edgeslim cannot read {name} tensors: re-export the model as one of "
-                               f"{', '.join(GGML_WRITABLE)}")
+                               f"{', '.join(GGML_READABLE)}")
     rows, cols = shape
     info = quant_info(name)
     if cols % info.block:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import f16, fp16_bytes, fp16_from_bytes, round_away, safe_div, wsum
+from ._common import f16, fp16_bytes, fp16_from_bytes, round_away, safe_div
+from .search import rint_clip, sym_refine_f16
 
 BLOCK = 32
 
@@ -50,18 +51,9 @@ def unpack_params(raw: np.ndarray) -> np.ndarray:
     return fp16_from_bytes(raw[:, :2])[:, 0]
 
 
-def _refine(x, w, d, q, n_iter=3):
+def _refine(x, w, d, q):
     """Weighted Lloyd steps (refit d, re-round q); keep per block whatever lowers the weighted error."""
-    best_err = wsum((x - d[:, None] * q) ** 2, w)
-    for _ in range(n_iter):
-        d_new = f16(safe_div(wsum(x * q, w), wsum(q * q, w)))
-        q_new = np.clip(np.rint(safe_div(x, d_new[:, None])), -128, 127)
-        err = wsum((x - d_new[:, None] * q_new) ** 2, w)
-        better = err < best_err
-        d = np.where(better, d_new, d)
-        q = np.where(better[:, None], q_new, q)
-        best_err = np.where(better, err, best_err)
-    return d, q
+    return sym_refine_f16(x, w, d, lambda v: rint_clip(v, -128, 127), q=q)
 
 
 def decode(raw: np.ndarray) -> np.ndarray:

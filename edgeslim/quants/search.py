@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import f16, safe_div
+from ._common import f16, safe_div, wsum
 
 F64 = np.float64
 
@@ -79,16 +79,19 @@ def rint_clip(v: np.ndarray, lo, hi) -> np.ndarray:
 # --------------------------------------------------------------------------
 # symmetric: w ~ d * q[j] * L
 # --------------------------------------------------------------------------
-def sym_subblock_fit(x, w, lo, hi, factors, n_lloyd=None):
+def sym_subblock_fit(x, w, lo, hi, factors, n_lloyd=None, rounder=None):
     """Best float scale per sub-block.  x: (n, ...) float32, w: same or None.  Returns s (...) float32.
 
     `factors` are (value, offset) pairs: the candidate scale maps the
     sub-block's extreme weight to code `value` (negative values use the extra
     code `lo` of [lo, hi]) and `offset` moves the rounding thresholds away from
     (> 0) or towards (< 0) zero.  Each candidate's codes get a least-squares
-    scale; the best is refined by Lloyd steps (re-round, refit).
+    scale; the best is refined by Lloyd steps (re-round, refit).  `rounder(v)`
+    maps scaled weights to code values (default: nearest integer in [lo, hi];
+    a non-uniform grid such as IQ4's table passes its own nearest-value rule).
     """
     n_lloyd = N_LLOYD if n_lloyd is None else n_lloyd
+    rounder = rounder or (lambda v: rint_clip(v, lo, hi))
     idx = np.abs(x).argmax(axis=0)
     m = np.take_along_axis(x, idx[None], axis=0)[0]  # signed extreme
     inv_m = safe_div(np.float32(1), m).astype(np.float32)
@@ -98,10 +101,10 @@ def sym_subblock_fit(x, w, lo, hi, factors, n_lloyd=None):
         v = x * (np.float32(f) * inv_m)
         if off:
             v += np.copysign(np.float32(off), v)
-        L = rint_clip(v, lo, hi)
+        L = rounder(v)
         best_gain, best_s = _sym_keep(x, w, L, best_gain, best_s)
     for _ in range(n_lloyd):
-        L = rint_clip(x * safe_div(np.float32(1), best_s).astype(np.float32), lo, hi)
+        L = rounder(x * safe_div(np.float32(1), best_s).astype(np.float32))
         best_gain, best_s = _sym_keep(x, w, L, best_gain, best_s)
     return best_s
 
@@ -114,13 +117,15 @@ def _sym_keep(x, w, L, best_gain, best_s):
     return np.where(better, gain, best_gain), np.where(better, safe_div(sxl, sll), best_s)
 
 
-def sym_choose(sxl, sll, sxx, qlo, qhi, init_d):
+def sym_choose(sxl, sll, sxx, qlo, qhi, init_d, qround=None):
     """Pick fp16 d (B,) and integer q (B, S) in [qlo, qhi] minimising sum_j E_j(d q_j).
 
     E_j(e) = sxx - 2 e sxl + e^2 sll on (B, S) float64 stats; init_d: list of (B,) starts.
     Given d the best q_j is the nearest integer to s_j/d (E_j is a parabola in
     q_j with vertex s_j/d); given q the best d is the weighted least-squares fit.
+    qround(v) -> nearest allowed q (default: nearest integer in [qlo, qhi]).
     """
+    qround = qround or (lambda v: np.clip(np.rint(v), qlo, qhi))
     s = safe_div(sxl, sll)
     best_err = np.full(sxl.shape[0], np.inf)
     best_d = np.zeros(sxl.shape[0], np.float32)
@@ -129,7 +134,7 @@ def sym_choose(sxl, sll, sxx, qlo, qhi, init_d):
         d = f16(d0)
         for _ in range(N_ALT):
             d64 = d[:, None].astype(F64)
-            q = np.clip(np.rint(safe_div(s, d64)), qlo, qhi)
+            q = qround(safe_div(s, d64))
             e = d64 * q
             err = (sxx + e * (e * sll - 2 * sxl)).sum(-1)
             better = err < best_err
@@ -140,34 +145,61 @@ def sym_choose(sxl, sll, sxx, qlo, qhi, init_d):
     return best_d, best_q
 
 
-def sym_quantize(x, w, lo, hi, qlo, qhi, factors):
+def sym_quantize(x, w, lo, hi, qlo, qhi, factors, rounder=None):
     """Full symmetric search.  x: (n, B, S) float32 element-major, w: same or None.
 
-    Returns d (B,) float32 fp16-exact, q (B, S) int32 in [qlo, qhi], L (n, B, S) int8 codes in [lo, hi].
+    Returns d (B,) float32 fp16-exact, q (B, S) int32 in [qlo, qhi], L (n, B, S) int8 codes in [lo, hi]
+    (code values of `rounder`'s grid when one is given, see `sym_subblock_fit`).
     """
-    s = sym_subblock_fit(x, w, lo, hi, factors)
+    rounder = rounder or (lambda v: rint_clip(v, lo, hi))
+    s = sym_subblock_fit(x, w, lo, hi, factors, rounder=rounder)
     sxx = dot0(x, x, w).astype(F64)
     ext = np.take_along_axis(s, np.abs(s).argmax(axis=1)[:, None], axis=1)[:, 0]
     inits = [ext / qlo * t for t in SYM_INITS_LO] + [ext / qhi * t for t in SYM_INITS_HI]
     e = s
     d = None
     for _ in range(N_OUTER + 1):
-        L = rint_clip(x * safe_div(np.float32(1), e).astype(np.float32), lo, hi)
+        L = rounder(x * safe_div(np.float32(1), e).astype(np.float32))
         sxl, sll = dot0(L, x, w).astype(F64), dot0(L, L, w).astype(F64)
         d, q = sym_choose(sxl, sll, sxx, qlo, qhi, inits if d is None else inits + [d])
         e = (d[:, None] * q).astype(np.float32)
-    L = rint_clip(x * safe_div(np.float32(1), e).astype(np.float32), lo, hi)
+    L = rounder(x * safe_div(np.float32(1), e).astype(np.float32))
     return d, q.astype(np.int32), L.astype(np.int8)
+
+
+def sym_refine_f16(x, w, d, rounder, n_iter=3, q=None):
+    """Weighted Lloyd steps on blocks with one fp16 scale: x ~ d * code, x (B, n), d (B,) fp16-exact.
+
+    Starting from codes q (default: x rounded to d), each step refits d by
+    weighted least squares (rounded to fp16) and re-rounds the codes to it; per
+    block the better of old and new is kept, so the weighted error never
+    increases.  Returns d (B,) and the code values (B, n).
+    """
+    if q is None:
+        q = rounder(x * safe_div(np.float32(1), d).astype(np.float32)[:, None])
+    best_err = wsum((x - d[:, None] * q) ** 2, w)
+    for _ in range(n_iter):
+        d_new = f16(safe_div(wsum(x * q, w), wsum(q * q, w)))
+        q_new = rounder(x * safe_div(np.float32(1), d_new).astype(np.float32)[:, None])
+        err = wsum((x - d_new[:, None] * q_new) ** 2, w)
+        better = err < best_err
+        d = np.where(better, d_new, d)
+        q = np.where(better[:, None], q_new, q)
+        best_err = np.where(better, err, best_err)
+    return d, q
 
 
 # --------------------------------------------------------------------------
 # asymmetric: w ~ a[j] * L - b[j],  a = d * sc, b = dmin * m
 # --------------------------------------------------------------------------
-def _ls_scale_min(sw, sl, sll, sx, sxl):
-    """Weighted least-squares (a, b) for x ~ a L - b with b >= 0 (ggml's min is <= 0)."""
+def _ls_scale_min(sw, sl, sll, sx, sxl, free_min=False):
+    """Weighted least-squares (a, b) for x ~ a L - b with b >= 0 (ggml's k-quant min is <= 0);
+    with free_min b may take either sign (the legacy types store any offset)."""
     D = sw * sll - sl * sl
     a = safe_div(sw * sxl - sl * sx, D)
     b = safe_div(a * sl - sx, sw)
+    if free_min:  # all codes equal: the offset alone carries the (weighted) mean
+        return np.where(D <= 0, 0, a), np.where(D <= 0, safe_div(-sx, sw), b)
     clip = (b < 0) | (D <= 0)
     a = np.where(clip, safe_div(sxl, sll), a)
     b = np.where(clip, 0, b)
@@ -192,17 +224,18 @@ def asym_base(x, w):
     return sw, sum0(x, w), dot0(x, x, w)
 
 
-def asym_subblock_fit(x, w, nmax, factors, base, n_lloyd=None):
+def asym_subblock_fit(x, w, nmax, factors, base, n_lloyd=None, free_min=False):
     """Best float (a, b) per sub-block, x ~ a L - b, b >= 0.  x: (n, ...).  Returns a, b (...) float32.
 
     `factors` are (value, offset) pairs: codes L = rint((x - min) / range * value + offset),
     min = min(sub-block min, 0), as llama.cpp's make_qkx2_quants scans `value`
     alone; the offset shifts every rounding threshold and finds markedly better
     fits.  Each candidate gets the weighted least-squares (a, b); the best is
-    refined by Lloyd steps.
+    refined by Lloyd steps.  free_min: the min may be positive (b < 0), for
+    formats that store any offset.
     """
     n_lloyd = N_LLOYD if n_lloyd is None else n_lloyd
-    xmin = np.minimum(x.min(axis=0), 0)
+    xmin = x.min(axis=0) if free_min else np.minimum(x.min(axis=0), 0)
     inv = safe_div(np.float32(1), x.max(axis=0) - xmin).astype(np.float32)
     xs = (x - xmin) * inv  # in [0, 1]
     best_err = np.full(xmin.shape, np.inf, np.float32)
@@ -210,16 +243,16 @@ def asym_subblock_fit(x, w, nmax, factors, base, n_lloyd=None):
     best_b = np.zeros(xmin.shape, np.float32)
     for f, off in factors:
         L = rint_clip(xs * np.float32(f) + np.float32(off), 0, nmax)
-        best_err, best_a, best_b = _asym_keep(x, w, L, base, best_err, best_a, best_b)
+        best_err, best_a, best_b = _asym_keep(x, w, L, base, best_err, best_a, best_b, free_min)
     for _ in range(n_lloyd):
         L = rint_clip((x + best_b) * safe_div(np.float32(1), best_a).astype(np.float32), 0, nmax)
-        best_err, best_a, best_b = _asym_keep(x, w, L, base, best_err, best_a, best_b)
+        best_err, best_a, best_b = _asym_keep(x, w, L, base, best_err, best_a, best_b, free_min)
     return best_a, best_b
 
 
-def _asym_keep(x, w, L, base, best_err, best_a, best_b):
+def _asym_keep(x, w, L, base, best_err, best_a, best_b, free_min=False):
     st = asym_stats(x, w, L, base)
-    a, b = _ls_scale_min(*st[:5])
+    a, b = _ls_scale_min(*st[:5], free_min=free_min)
     err = asym_err(st, a, b)
     better = err < best_err
     return np.where(better, err, best_err), np.where(better, a, best_a), np.where(better, b, best_b)

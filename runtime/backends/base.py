@@ -13,7 +13,10 @@ sampling, perplexity, the API) only uses this contract, so a backend may run
 its whole forward on a GPU (MLX) and keep its own cache type.
 
 `CPUBackend` implements the forward once in numpy float32 (RMSNorm, RoPE, GQA
-attention, SwiGLU from `edgeslim.runtime.ops`); its subclasses only decide how
+attention, SwiGLU/GeGLU from `edgeslim.runtime.ops`); what differs between families
+is read from the family (`edgeslim.arch`) and the hyper-parameters: optional steps
+run when the block has their tensors (q/k norms, post-norms, biases), the embedding
+scale, sliding windows and logit soft-capping come from `HParams`; its subclasses only decide how
 a weight is held (`prepare`) and multiplied (`matmul`, `embed`).
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ from ...errors import InputError
 from ...tables import TensorNames
 from ..kv_cache import KVCache, kv_dtype_of
 from ..loader import ModelFile, WeightSource
-from ..ops import Rope, attention, rms_norm, swiglu
+from ..ops import ACTIVATIONS, Rope, attention, rms_norm, softcap
 
 
 class Backend:
@@ -64,6 +67,7 @@ class CPUBackend(Backend):
     def __init__(self, model: ModelFile, kv_dtype="float16"):
         super().__init__(model, kv_dtype)
         self.rope: Rope | None = None  # built for the largest cache asked for (new_cache)
+        self.rope_swa: Rope | None = None  # the sliding-window layers' tables (or self.rope)
         self.embd = self.prepare(model.weight(TensorNames.TOKEN_EMBD))
         out_name = model.output_name
         self.output = self.embd if out_name == TensorNames.TOKEN_EMBD else self.prepare(model.weight(out_name))
@@ -96,29 +100,42 @@ class CPUBackend(Backend):
     def new_cache(self, n_ctx: int) -> KVCache:
         hp = self.hp
         if self.rope is None or self.rope.cos.shape[0] < n_ctx:
-            self.rope = Rope(hp.n_rot, hp.rope_base, n_ctx, self.model.arch.rope_neox, hp.rope_freq_scale,
-                             self.model.rope_freqs())
-        return KVCache(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, self.kv_dtype)
+            neox = self.model.arch.rope_neox
+            self.rope = Rope(hp.n_rot, hp.rope_base, n_ctx, neox, hp.rope_freq_scale, self.model.rope_freqs())
+            # sliding-window layers: their own base, no frequency scaling (llama.cpp's swa rope)
+            self.rope_swa = Rope(hp.n_rot, hp.rope_base_swa, n_ctx, neox) if hp.n_swa else self.rope
+        windows = tuple(hp.window(b) for b in range(hp.n_layer))
+        return KVCache(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, self.kv_dtype, windows)
+
+    def rope_for(self, bid: int) -> Rope:
+        """The RoPE tables of block `bid` (sliding-window layers have their own)."""
+        return self.rope_swa if self.hp.window(bid) else self.rope
 
     def forward(self, ids, cache: KVCache, n_logits: int = 1) -> np.ndarray:
         ids = self.check_ids(ids, cache)
         T, start = ids.size, cache.pos
         n_logits = max(1, min(int(n_logits), T))
         x = self.embed(self.embd, ids)  # (T, D)
+        if self.hp.embd_scale != 1.0:
+            x = x * np.float32(self.hp.embd_scale)
         for bid, layer in enumerate(self.layers):
             x = self._block(bid, layer, x, cache, start)
         cache.advance(T)
         h = self.norm(np.ascontiguousarray(x[T - n_logits:]), self.out_norm)  # (n_logits, D)
-        return self.matmul(self.output, h)  # (n_logits, V)
+        return softcap(self.matmul(self.output, h), self.hp.logit_softcap)  # (n_logits, V)
 
     def _block(self, bid: int, w: dict, x: np.ndarray, cache: KVCache, start: int) -> np.ndarray:
         h = self.norm(x, w["attn_norm"])  # (T, D)
         qkv = self.project_qkv(w, h)  # the backend's form of q, k, v (here a tuple)
-        a = self.attend(bid, qkv, cache, start)  # (T, H*Hd)
-        x = x + self.matmul(w["attn_output"], a)
+        a = self.matmul(w["attn_output"], self.attend(bid, qkv, cache, start))  # (T, D)
+        if "post_attention_norm" in w:  # Gemma: norms after attention and FFN too
+            a = self.norm(a, w["post_attention_norm"])
+        x = x + a
         h = self.norm(x, w["ffn_norm"])
-        f = self.ffn_act(w, h)  # (T, F)
-        return x + self.matmul(w["ffn_down"], f)  # (T, D)
+        f = self.matmul(w["ffn_down"], self.ffn_act(w, h))  # (T, D)
+        if "post_ffw_norm" in w:
+            f = self.norm(f, w["post_ffw_norm"])
+        return x + f  # (T, D)
 
     # -- the steps of a block; the numba backend replaces some with fused kernels ---------
     def norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -126,23 +143,40 @@ class CPUBackend(Backend):
         return rms_norm(x, weight, self.hp.rms_eps)
 
     def project_qkv(self, w: dict, h: np.ndarray):
-        """q (T, H*Hd), k and v (T, Hkv*Hd), biases added."""
-        q, k, v = self.matmul(w["attn_q"], h), self.matmul(w["attn_k"], h), self.matmul(w["attn_v"], h)
+        """q (T, H*Hd), k and v (T, Hkv*Hd): biases added, per-head q/k norms applied (before RoPE)."""
+        hp = self.hp
+        if "attn_qkv" in w:  # stored fused (Phi-3)
+            q, k, v = np.split(self.matmul(w["attn_qkv"], h), self.qkv_cuts(), axis=1)
+        else:
+            q, k, v = self.matmul(w["attn_q"], h), self.matmul(w["attn_k"], h), self.matmul(w["attn_v"], h)
         if "attn_q_bias" in w:
             q, k, v = q + w["attn_q_bias"], k + w["attn_k_bias"], v + w["attn_v_bias"]
+        if "attn_q_norm" in w:
+            T = h.shape[0]
+            q = self.norm(q.reshape(T * hp.n_head, hp.head_dim), w["attn_q_norm"]).reshape(T, -1)
+            k = self.norm(k.reshape(T * hp.n_head_kv, hp.head_dim), w["attn_k_norm"]).reshape(T, -1)
         return q, k, v
 
+    def qkv_cuts(self) -> tuple[int, int]:
+        """Column offsets of k and v in a q | k | v row."""
+        hp = self.hp
+        return hp.n_head * hp.head_dim, (hp.n_head + hp.n_head_kv) * hp.head_dim
+
     def attend(self, bid: int, qkv, cache: KVCache, start: int) -> np.ndarray:
-        """RoPE, store k/v at start.., causal attention over the cache: (T, H*Hd)."""
+        """RoPE, store k/v at start.., causal (windowed) attention over the cache: (T, H*Hd)."""
         hp = self.hp
         q, k, v = qkv
         T = q.shape[0]
-        q = self.rope(q.reshape(T, hp.n_head, hp.head_dim), start)  # (T, H, Hd)
-        k = self.rope(k.reshape(T, hp.n_head_kv, hp.head_dim), start)  # (T, Hkv, Hd)
-        cache.store(bid, k, v.reshape(T, hp.n_head_kv, hp.head_dim))
-        kc, vc = cache.view(bid, start + T)  # (Hkv, Hd, S), (Hkv, S, Hd)
-        return attention(q, kc, vc, start)  # (T, H*Hd)
+        rope = self.rope_for(bid)
+        q = rope(q.reshape(T, hp.n_head, hp.head_dim), start)  # (T, H, Hd)
+        k = rope(k.reshape(T, hp.n_head_kv, hp.head_dim), start)  # (T, Hkv, Hd)
+        kc, vc, kpos0 = cache.window_view(bid, k, v.reshape(T, hp.n_head_kv, hp.head_dim))  # (Hkv, Hd, S), (Hkv, S, Hd)
+        return attention(q, kc, vc, start, hp.scale, hp.window(bid), kpos0)  # (T, H*Hd)
 
     def ffn_act(self, w: dict, h: np.ndarray) -> np.ndarray:
-        """silu(h W_gate^T) * (h W_up^T): (T, F)."""
-        return swiglu(self.matmul(w["ffn_gate"], h), self.matmul(w["ffn_up"], h))
+        """act(h W_gate^T) * (h W_up^T): (T, F); act is the family's (SiLU, GELU-tanh)."""
+        act = ACTIVATIONS[self.model.arch.activation]
+        if "ffn_gate" not in w:  # ffn_up holds gate | up (Phi-3)
+            gu = self.matmul(w["ffn_up"], h)  # (T, 2F)
+            return act(gu[:, :gu.shape[1] // 2], gu[:, gu.shape[1] // 2:])
+        return act(self.matmul(w["ffn_gate"], h), self.matmul(w["ffn_up"], h))

@@ -33,8 +33,9 @@ import numpy as np
 
 from ...errors import InputError
 from ...tables import TensorNames, parse_affine
-from ..kv_cache import CachePosition
+from ..kv_cache import RING_SLACK, CachePosition
 from ..loader import ModelFile, WeightSource
+from ..ops import attention_mask
 from .base import Backend
 from .mlx_transcode import TRANSCODED, AffineParts, transcode
 from .numpy_backend import dequantize_source
@@ -148,13 +149,18 @@ class MLXCache(CachePosition):
     Per layer: keys and values (1, Hkv, allocated, Hd) in the kv dtype, allocated in
     steps of STEP positions (at most n_ctx) as the sequence grows, so a large n_ctx
     costs nothing until it is used. Positions at or past `pos` are garbage to overwrite.
+    A sliding-window layer (windows[layer] > 0) keeps only its last window + RING_SLACK
+    positions, starting at `win_start[layer]` (`update_window`).
     """
 
     STEP = 256
 
-    def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, n_ctx: int, dtype=mx.float16):
+    def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, n_ctx: int, dtype=mx.float16,
+                 windows: tuple[int, ...] | None = None):
         self.n_ctx, self.dtype, self.pos = int(n_ctx), dtype, 0
         self.n_head_kv, self.head_dim = n_head_kv, head_dim
+        self.windows = tuple(windows or (0,) * n_layer)
+        self.win_start = [0] * n_layer  # window layers: the position of their first held key
         self.keys: list[mx.array | None] = [None] * n_layer
         self.values: list[mx.array | None] = [None] * n_layer
 
@@ -176,6 +182,39 @@ class MLXCache(CachePosition):
         self.keys[layer][:, :, self.pos:end, :] = k.astype(self.dtype)
         self.values[layer][:, :, self.pos:end, :] = v.astype(self.dtype)
         return self.keys[layer][:, :, :end, :], self.values[layer][:, :, :end, :]
+
+    def update_window(self, layer: int, k: mx.array, v: mx.array, window: int) -> tuple[mx.array, mx.array, int]:
+        """A sliding-window layer: return keys, values (1, Hkv, S, Hd) of the positions held before
+        plus k, v (1, Hkv, T, Hd), and the position of key 0; keep only the last window + RING_SLACK."""
+        end = self.pos + k.shape[2]
+        if end > self.n_ctx:
+            raise InputError(f"{end} tokens exceed the context of {self.n_ctx}; pass a larger --ctx / n_ctx")
+        start = self.win_start[layer]
+        old_k, old_v = self.keys[layer], self.values[layer]
+        if old_k is None or self.pos == start:
+            keys, values = k.astype(self.dtype), v.astype(self.dtype)
+        else:
+            n_old = self.pos - start
+            keys = mx.concatenate([old_k[:, :, :n_old], k.astype(self.dtype)], axis=2)
+            values = mx.concatenate([old_v[:, :, :n_old], v.astype(self.dtype)], axis=2)
+        keep = min(keys.shape[2], window + RING_SLACK)
+        self.keys[layer], self.values[layer] = keys[:, :, -keep:], values[:, :, -keep:]
+        self.win_start[layer] = end - keep
+        return keys, values, start
+
+    def truncate(self, n: int) -> None:
+        """Forget positions n and later; a window layer that no longer holds its window before n
+        forces a full reset."""
+        n = max(0, min(int(n), self.pos))
+        for layer, w in enumerate(self.windows):
+            if w and self.win_start[layer] > max(0, n - w + 1):
+                n = 0
+        self.pos = n
+        self.win_start = [min(s, n) for s in self.win_start]
+
+    def reset(self) -> None:
+        self.pos = 0
+        self.win_start = [0] * len(self.windows)
 
     def _grow(self, layer: int, end: int) -> None:
         size = min(self.n_ctx, -(-end // self.STEP) * self.STEP)
@@ -216,6 +255,9 @@ class MLXBackend(Backend):
         if factors is not None:
             periods = periods * factors.astype(np.float64)
         self.rope_periods = mx.array(periods.astype(np.float32))
+        swa = hp.rope_base_swa ** (np.arange(0, hp.n_rot, 2, dtype=np.float64) / hp.n_rot)  # local layers' RoPE
+        self.rope_periods_swa = mx.array(swa.astype(np.float32))
+        self.act = ACTIVATIONS[model.arch.activation]
         mx.eval(self._arrays())  # every weight is now an MLX copy: the file's pages can go
         self.model.gguf.drop_pages()
         self.notes = self._notes()
@@ -269,43 +311,98 @@ class MLXBackend(Backend):
     # -- forward -------------------------------------------------------------------
     def new_cache(self, n_ctx: int) -> MLXCache:
         hp = self.hp
-        return MLXCache(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, _NP_TO_MX[np.dtype(self.kv_dtype)])
+        windows = tuple(hp.window(b) for b in range(hp.n_layer))
+        return MLXCache(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, _NP_TO_MX[np.dtype(self.kv_dtype)], windows)
 
     def forward(self, ids, cache: MLXCache, n_logits: int = 1) -> np.ndarray:
         ids = self.check_ids(ids, cache)
         T, start = ids.size, cache.pos
         n_logits = max(1, min(int(n_logits), T))
         x = self.embd.rows(mx.array(ids.astype(np.int32)))[None]  # (1, T, D)
+        if self.hp.embd_scale != 1.0:
+            x = x * self.hp.embd_scale
         for bid, layer in enumerate(self.layers):
             x = self._block(bid, layer, x, cache, start)
         h = mx.fast.rms_norm(x[:, T - n_logits:], self.out_norm, self.hp.rms_eps)  # (1, n_logits, D)
         logits = self.output(h)[0].astype(mx.float32)  # (n_logits, V)
+        if self.hp.logit_softcap > 0:
+            logits = mx.tanh(logits / self.hp.logit_softcap) * self.hp.logit_softcap
         mx.eval(logits, *cache.arrays())
         cache.advance(T)
         return np.array(logits)
 
-    def _rope(self, x: mx.array, start: int) -> mx.array:
-        """x (1, heads, T, Hd) at positions start.. rotated in its first n_rot dims."""
+    def _rope(self, x: mx.array, start: int, local: bool = False) -> mx.array:
+        """x (1, heads, T, Hd) at positions start.. rotated in its first n_rot dims (local: the
+        sliding-window layers' base, no frequency scaling)."""
         hp = self.hp
         return mx.fast.rope(x, hp.n_rot, traditional=not self.model.arch.rope_neox, base=None,
-                            scale=hp.rope_freq_scale, offset=start, freqs=self.rope_periods)
+                            scale=1.0 if local else hp.rope_freq_scale, offset=start,
+                            freqs=self.rope_periods_swa if local else self.rope_periods)
+
+    def _qkv(self, w: dict, h: mx.array, start: int, local: bool):
+        """q (1, H, T, Hd), k and v (1, Hkv, T, Hd): biases, per-head q/k norms, RoPE."""
+        hp = self.hp
+        T = h.shape[1]
+        if "attn_qkv" in w:  # stored fused (Phi-3)
+            qkv = w["attn_qkv"](h)  # (1, T, (H + 2*Hkv)*Hd)
+            n_q, n_kv = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+            q, k, v = qkv[..., :n_q], qkv[..., n_q:n_q + n_kv], qkv[..., n_q + n_kv:]
+        else:
+            q, k, v = w["attn_q"](h), w["attn_k"](h), w["attn_v"](h)  # (1, T, H*Hd), (1, T, Hkv*Hd) x2
+        if "attn_q_bias" in w:
+            q, k, v = q + w["attn_q_bias"], k + w["attn_k_bias"], v + w["attn_v_bias"]
+        q = q.reshape(1, T, hp.n_head, hp.head_dim)
+        k = k.reshape(1, T, hp.n_head_kv, hp.head_dim)
+        if "attn_q_norm" in w:
+            q = mx.fast.rms_norm(q, w["attn_q_norm"], hp.rms_eps)
+            k = mx.fast.rms_norm(k, w["attn_k_norm"], hp.rms_eps)
+        q = self._rope(q.transpose(0, 2, 1, 3), start, local)  # (1, H, T, Hd)
+        k = self._rope(k.transpose(0, 2, 1, 3), start, local)  # (1, Hkv, T, Hd)
+        return q, k, v.reshape(1, T, hp.n_head_kv, hp.head_dim).transpose(0, 2, 1, 3)
+
+    def _attention(self, bid: int, q: mx.array, k: mx.array, v: mx.array, cache: MLXCache, start: int) -> mx.array:
+        """(1, H, T, Hd) attention of q over the cache after storing k, v (sliding window when the layer has one)."""
+        hp = self.hp
+        T, window = q.shape[2], hp.window(bid)
+        if window:
+            keys, values, kpos0 = cache.update_window(bid, k, v, window)  # (1, Hkv, S, Hd) each
+            m = attention_mask(T, keys.shape[2], start, window, kpos0)
+            mask = None if m is None else mx.array(m).astype(self.dtype)  # (T, S) additive
+        else:
+            keys, values = cache.update(bid, k, v)  # (1, Hkv, S, Hd) each, S = start + T
+            mask = "causal" if T > 1 else None
+        if keys.dtype != self.dtype:
+            keys, values = keys.astype(self.dtype), values.astype(self.dtype)
+        return mx.fast.scaled_dot_product_attention(q, keys, values, scale=hp.scale, mask=mask)
 
     def _block(self, bid: int, w: dict, x: mx.array, cache: MLXCache, start: int) -> mx.array:
         hp = self.hp
         T = x.shape[1]
         h = mx.fast.rms_norm(x, w["attn_norm"], hp.rms_eps)  # (1, T, D)
-        q, k, v = w["attn_q"](h), w["attn_k"](h), w["attn_v"](h)  # (1, T, H*Hd), (1, T, Hkv*Hd) x2
-        if "attn_q_bias" in w:
-            q, k, v = q + w["attn_q_bias"], k + w["attn_k_bias"], v + w["attn_v_bias"]
-        q = self._rope(q.reshape(1, T, hp.n_head, hp.head_dim).transpose(0, 2, 1, 3), start)  # (1, H, T, Hd)
-        k = self._rope(k.reshape(1, T, hp.n_head_kv, hp.head_dim).transpose(0, 2, 1, 3), start)  # (1, Hkv, T, Hd)
-        v = v.reshape(1, T, hp.n_head_kv, hp.head_dim).transpose(0, 2, 1, 3)
-        keys, values = cache.update(bid, k, v)  # (1, Hkv, S, Hd) each, S = start + T
-        if keys.dtype != self.dtype:
-            keys, values = keys.astype(self.dtype), values.astype(self.dtype)
-        a = mx.fast.scaled_dot_product_attention(q, keys, values, scale=float(hp.head_dim) ** -0.5,
-                                                 mask="causal" if T > 1 else None)  # (1, H, T, Hd)
-        x = x + w["attn_output"](a.transpose(0, 2, 1, 3).reshape(1, T, hp.n_head * hp.head_dim))
+        q, k, v = self._qkv(w, h, start, bool(hp.window(bid)))
+        a = self._attention(bid, q, k, v, cache, start)  # (1, H, T, Hd)
+        a = w["attn_output"](a.transpose(0, 2, 1, 3).reshape(1, T, hp.n_head * hp.head_dim))  # (1, T, D)
+        if "post_attention_norm" in w:
+            a = mx.fast.rms_norm(a, w["post_attention_norm"], hp.rms_eps)
+        x = x + a
         h = mx.fast.rms_norm(x, w["ffn_norm"], hp.rms_eps)
-        g = w["ffn_gate"](h)  # (1, T, F)
-        return x + w["ffn_down"](g * mx.sigmoid(g) * w["ffn_up"](h))  # (1, T, D)
+        if "ffn_gate" in w:
+            f = w["ffn_down"](self.act(w["ffn_gate"](h), w["ffn_up"](h)))  # (1, T, D)
+        else:  # ffn_up holds gate | up (Phi-3)
+            gu = w["ffn_up"](h)  # (1, T, 2F)
+            f = w["ffn_down"](self.act(gu[..., :hp.n_ff], gu[..., hp.n_ff:]))
+        if "post_ffw_norm" in w:
+            f = mx.fast.rms_norm(f, w["post_ffw_norm"], hp.rms_eps)
+        return x + f
+
+
+def _swiglu(g: mx.array, u: mx.array) -> mx.array:
+    return g * mx.sigmoid(g) * u
+
+
+def _geglu(g: mx.array, u: mx.array) -> mx.array:
+    c = float(np.sqrt(2.0 / np.pi))
+    return 0.5 * g * (1.0 + mx.tanh(c * (g + 0.044715 * g * g * g))) * u
+
+
+ACTIVATIONS = {"silu": _swiglu, "gelu_tanh": _geglu}  # edgeslim.arch `activation` -> gated FFN in MLX

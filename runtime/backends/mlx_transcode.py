@@ -32,17 +32,13 @@ from ...errors import FormatError
 from ...quants import affine
 from ...quants._common import fp16_from_bytes
 from ...quants.q4_k import _unpack_nibbles, unpack_scales
-from ...tables import quant_info
+from ...tables import block_fields, quant_info
 
 GROUP = 32  # every transcoded type has one scale per 32 weights
 TRANSCODED = {"Q8_0": 8, "Q4_K": 4, "Q5_K": 5}  # ggml type -> MLX code bits
 CHUNK_WEIGHTS = 1 << 20  # rows are transcoded in chunks of about this many weights (bounds temporaries)
 
-# byte ranges inside one block (ggml's block_q8_0 / block_q4_K / block_q5_K; drawings in edgeslim/quants)
-_Q8_D, _Q8_QS = slice(0, 2), slice(2, 34)
-_K_D, _K_DMIN, _K_SCALES = slice(0, 2), slice(2, 4), slice(4, 16)
-_Q4K_QS = slice(16, 144)
-_Q5K_QH, _Q5K_QS = slice(16, 48), slice(48, 176)
+_Q8, _Q4K, _Q5K = block_fields("Q8_0"), block_fields("Q4_K"), block_fields("Q5_K")  # byte ranges in a block
 
 
 @dataclass
@@ -82,19 +78,19 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
 
 def _q8_0(blocks: np.ndarray):
     """(B, 34) -> codes (B, 32) uint8, scales, biases (B, 1) float32."""
-    d = fp16_from_bytes(blocks[:, _Q8_D])  # (B, 1)
-    return blocks[:, _Q8_QS] ^ np.uint8(0x80), d, np.float32(-128) * d
+    d = fp16_from_bytes(blocks[:, _Q8["d"]])  # (B, 1)
+    return blocks[:, _Q8["qs"]] ^ np.uint8(0x80), d, np.float32(-128) * d
 
 
 def _k_quant(blocks: np.ndarray, bits: int):
     """(B, 144 | 176) -> codes (B, 256) uint8, scales, biases (B, 8) float32 (one per 32-weight sub-block)."""
-    d, dmin = fp16_from_bytes(blocks[:, _K_D]), fp16_from_bytes(blocks[:, _K_DMIN])  # (B, 1)
-    sc, m = unpack_scales(blocks[:, _K_SCALES])  # (B, 8) each
-    if bits == 4:
-        codes = _unpack_nibbles(blocks[:, _Q4K_QS])  # (B, 256)
-    else:  # qh[l] bit k = 5th bit of code 32k + l
-        high = (blocks[:, None, _Q5K_QH] >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 1  # (B, 8, 32)
-        codes = _unpack_nibbles(blocks[:, _Q5K_QS]) | (high.reshape(-1, 256) << 4)
+    f = _Q4K if bits == 4 else _Q5K
+    d, dmin = fp16_from_bytes(blocks[:, f["d"]]), fp16_from_bytes(blocks[:, f["dmin"]])  # (B, 1)
+    sc, m = unpack_scales(blocks[:, f["scales"]])  # (B, 8) each
+    codes = _unpack_nibbles(blocks[:, f["qs"]])  # (B, 256)
+    if bits == 5:  # qh[l] bit k = 5th bit of code 32k + l
+        high = (blocks[:, None, f["qh"]] >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 1  # (B, 8, 32)
+        codes = codes | (high.reshape(-1, 256) << 4)
     return codes, d * sc.astype(np.float32), -(dmin * m.astype(np.float32))
 
 

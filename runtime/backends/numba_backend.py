@@ -71,6 +71,7 @@ from .numpy_backend import dequantize_source  # noqa: E402
 # it the numpy attention (BLAS matmuls over the whole prompt) is faster.
 ATTN_T_MAX = 16
 QKV, QKV_BIAS, GATE_UP = "attn_qkv", "attn_qkv_bias", "ffn_gate_up"
+HALVES = {"silu": cpu_ops.swiglu_halves, "gelu_tanh": cpu_ops.geglu_halves}  # family activation -> fused FFN
 
 
 class NumbaBackend(CPUBackend):
@@ -97,7 +98,7 @@ class NumbaBackend(CPUBackend):
 
     def _load_block(self, bid: int) -> dict:
         layer = super()._load_block(bid)
-        for fused, roles in ((QKV, ("attn_q", "attn_k", "attn_v")), (GATE_UP, ("ffn_gate", "ffn_up"))):
+        for fused, roles in self.model.arch.FUSED.items():  # the family says what stacks (QKV, GATE_UP)
             packed = kernels.concat_rows([layer[r] for r in roles])
             if packed is not None:  # same type: one matrix; the parts are dropped
                 layer[fused] = packed
@@ -118,20 +119,25 @@ class NumbaBackend(CPUBackend):
         qkv = self.matmul(w[QKV], h)
         if QKV_BIAS in w:
             qkv += w[QKV_BIAS]
+        if "attn_q_norm" in w:
+            hp = self.hp
+            cpu_ops.head_norms(qkv, hp.n_head, hp.n_head_kv, hp.head_dim, w["attn_q_norm"], w["attn_k_norm"],
+                               hp.rms_eps)
         return qkv
 
     def attend(self, bid: int, qkv: np.ndarray, cache, start: int) -> np.ndarray:
         hp = self.hp
         if qkv.shape[0] > ATTN_T_MAX or cache.dtype != np.float16:
-            cuts = (hp.n_head * hp.head_dim, (hp.n_head + hp.n_head_kv) * hp.head_dim)
-            return super().attend(bid, np.split(qkv, cuts, axis=1), cache, start)
-        return cpu_ops.attend_f16(qkv, hp.n_head, self.rope.cos, self.rope.sin, self.model.arch.rope_neox,
-                                  cache.k16[bid], cache.v16[bid], start)
+            return super().attend(bid, np.split(qkv, self.qkv_cuts(), axis=1), cache, start)
+        rope = self.rope_for(bid)
+        return cpu_ops.attend_f16(qkv, hp.n_head, rope.cos, rope.sin, self.model.arch.rope_neox,
+                                  cache.k16[bid], cache.v16[bid], start, hp.scale, hp.window(bid), cache.ring(bid))
 
     def ffn_act(self, w: dict, h: np.ndarray) -> np.ndarray:
-        if GATE_UP not in w:
+        fused = GATE_UP if GATE_UP in w else "ffn_up" if "ffn_gate" not in w else None  # (Phi-3 stores it fused)
+        if fused is None:
             return super().ffn_act(w, h)
-        return cpu_ops.swiglu_halves(self.matmul(w[GATE_UP], h))  # (T, 2F) -> (T, F)
+        return HALVES[self.model.arch.activation](self.matmul(w[fused], h))  # (T, 2F) -> (T, F)
 
     def matmul(self, w, x: np.ndarray) -> np.ndarray:
         return kernels.linear(w, np.ascontiguousarray(x, dtype=np.float32))  # (T, rows)

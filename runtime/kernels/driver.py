@@ -1,0 +1,281 @@
+"""The shared driver: activation quantization, row-parallel mat-vec, tiled prefill, the public API.
+
+    prepare(qtype, data, shape, scales=None, biases=None) -> Packed   # repack once, at load
+    linear(p, x)       x (T, cols) float32 -> (T, rows) float32
+    dequantize(p)      -> (rows, cols) float32   (bit-exact with gguf / MLX formulas)
+    embed_rows(p, ids) -> (len(ids), cols) float32
+    concat_rows(packs) -> one Packed of stacked rows (fused q|k|v, gate|up)
+
+Decode (T <= SMALL_T_*): `_matvec` quantizes x once (`_quant_x`), then runs
+the spec's row kernel (`rows._row`, emitted by the weight's family module)
+for every row under `prange`, TMAX activations per pass so each decoded
+weight block serves several activations.  Prefill (larger T): dequantize
+TILE_ELEMS weights (whole rows) at a time in kernel order and multiply with
+BLAS.  The njit functions are `cache=True`: a second start does not recompile.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit, prange, typeof
+from numba.core.typing.typeof import Purpose
+
+from ...errors import UnsupportedError
+from ...tables import quant_info
+from .rows import TMAX, _deq_row, _row
+from .spec import BASE, Spec, family, variant
+
+# Largest T that still uses the packed kernels; above it: dequantized row tiles + BLAS.
+# Measured on the 94M bench model (2-core Zen, 2 threads, 128-token prompt): the int8
+# kernels 283 tok/s, BLAS on 256-row tiles 283, on 16 MB tiles 514 (Q4_K); Q8_0 246 -> 507.
+# Large tiles matter: OpenBLAS splits one big product across threads far better.
+SMALL_T_QUANT = 64
+SMALL_T_8BIT = 32  # Q8_0 / AFFINE8: one float fma per 32 weights per activation, so BLAS wins sooner
+SMALL_T_FLOAT = 8
+TILE_ELEMS = 1 << 22  # float32 weights per dequantized tile on the prefill path (16 MB)
+TILE_MIN_ROWS = 64
+
+
+@njit(cache=True, fastmath=True)
+def _quant_x(x, xblk, sgroup, stride, unit, xq, xd, xs):
+    """x (T, colsp) float32 -> int8 codes per block of xblk (max-abs / 127 scale),
+    block scales xd (T, >= colsp/xblk), float sums xs (T, >= colsp/sgroup) of x per
+    sgroup (entries past the data zeroed), codes interleaved per unit (chunk c,
+    lane j <- element j*stride + c).  Rounds half away from zero."""
+    T, n = x.shape
+    tmp = np.empty(n if stride > 1 else 0, np.int8)
+    bits = x.view(np.int32)  # max |x| as an integer max over the bit patterns: vectorizes (a float max does not)
+    cell = np.empty(1, np.int32)
+    cellf = cell.view(np.float32)
+    for t in range(T):
+        xt = x[t]
+        bt = bits[t]
+        dst = tmp if stride > 1 else xq[t]
+        for blk in range(n // xblk):
+            i0 = blk * xblk
+            m = np.int32(0)
+            for i in range(xblk):
+                a = bt[i0 + i] & np.int32(0x7FFFFFFF)
+                m = a if a > m else m
+            cell[0] = m
+            amax = cellf[0]
+            inv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
+            xd[t, blk] = amax / np.float32(127.0)
+            for i in range(xblk):
+                v = xt[i0 + i] * inv
+                q = np.int32(abs(v) + np.float32(0.5))
+                dst[i0 + i] = np.int8(q if v >= 0 else -q)
+        for blk in range(n // xblk, xd.shape[1]):
+            xd[t, blk] = 0.0
+        # sums of the *quantized* activations (like ggml's Q8_K bsums): the offset term
+        # (mins, biases, Q6_K's -32) then cancels the rounding error of the code term
+        # instead of adding it back through exact float sums.
+        for g in range(n // sgroup):
+            s = np.float32(0.0)
+            for i in range(sgroup):
+                j = g * sgroup + i
+                s += np.float32(dst[j]) * xd[t, j // xblk]
+            xs[t, g] = s
+        for g in range(n // sgroup, xs.shape[1]):
+            xs[t, g] = 0.0
+        if stride > 1:
+            xqt = xq[t]
+            for u0 in range(0, n, unit):
+                for c in range(stride):
+                    for j in range(32):
+                        xqt[u0 + c * 32 + j] = tmp[u0 + j * stride + c]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _matvec(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, stride, unit):
+    """(T, rows) = x W^T.  Quantizes x into (xq, xd, xs) when xblk > 0 (float
+    weights, xblk == 0, read x itself as xs), then TMAX activations per pass,
+    parallel over rows.  np.empty only: a numba np.zeros would be its own parfor."""
+    T = x.shape[0]
+    y = np.empty((T, rows), np.float32)
+    xq = np.empty((T, nq), np.int8)
+    xd = np.empty((T, nd), np.float32)
+    xs = x
+    if xblk > 0:
+        xs = np.empty((T, ns), np.float32)
+        _quant_x(x, xblk, sgroup, stride, unit, xq, xd, xs)
+    for t0 in range(0, T, TMAX):
+        t1 = min(T, t0 + TMAX)
+        xq_, xd_, xs_, y_ = xq[t0:t1], xd[t0:t1], xs[t0:t1], y[t0:t1]
+        for r in prange(rows):
+            _row(spec, p0[r], p1[r], p2[r], p3[r], p4[r], xq_, xd_, xs_, y_, r)
+    return y
+
+
+@njit(cache=True, parallel=True)
+def _dequant_rows(spec, p0, p1, p2, p3, p4, ids, out):
+    """out[i] = row ids[i], dequantized in kernel order."""
+    for i in prange(ids.shape[0]):
+        r = ids[i]
+        _deq_row(spec, p0[r], p1[r], p2[r], p3[r], p4[r], out[i])
+
+
+# =============================================================================
+# Public API
+# =============================================================================
+@dataclass(eq=False)
+class Packed:
+    """A weight matrix repacked for the kernels.
+
+    shape: (rows, cols) of the float matrix; colsp: padded row length the kernels see.
+    planes: five (rows, n) uint8 arrays (layouts in planes.py and the family modules).
+    perm: kernel order -> element index (colsp,), or None when the order is the stored one.
+    """
+
+    qtype: str
+    shape: tuple[int, int]
+    spec: Spec
+    planes: tuple[np.ndarray, ...]
+    colsp: int
+    perm: np.ndarray | None = None
+    _inv: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self._entries = {}
+        self._single = variant(self.spec, batched=False)
+        self._batched = variant(self.spec, batched=True)
+        self._x_widths = family(self.spec).x_widths(self.spec, self.colsp, self.planes)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(p.nbytes for p in self.planes))
+
+    def with_portable(self, portable: bool = True) -> "Packed":
+        """The same weights run through the portable (non-x86-intrinsic) kernel variant."""
+        sp = variant(self.spec, portable=portable)
+        return Packed(self.qtype, self.shape, sp, self.planes, self.colsp, self.perm, self._inv)
+
+
+def _canonical(qtype: str) -> str:
+    try:
+        return quant_info(qtype).name
+    except ValueError as e:
+        raise UnsupportedError(str(e)) from None
+
+
+def prepare(qtype: str, data, shape, scales=None, biases=None) -> Packed:
+    """Repack one stored weight for the kernels (done once at load).
+
+    qtype: "Q4_K", "Q8_0", "F16", "AFFINE4_G64", ... (edgeslim.tables names).
+    data: the stored bytes (numpy array / buffer); for affine: the packed uint32 codes.
+    shape: (rows, cols) of the float matrix.  scales/biases: affine float16 (rows, cols/group).
+    """
+    name = _canonical(qtype)
+    rows, cols = (int(v) for v in shape)
+    if name not in BASE:
+        raise UnsupportedError(f"no CPU kernel for weight type {name}; re-convert the model with a supported type")
+    spec = BASE[name]
+    planes, colsp, perm = family(spec).repack(spec, data, rows, cols, scales, biases)
+    inv = None if perm is None else np.argsort(perm)
+    return Packed(name, (rows, cols), spec, planes, colsp, perm, inv)
+
+
+def concat_rows(packs: list[Packed]) -> Packed | None:
+    """One Packed holding the rows of `packs` stacked (a fused projection such as
+    q|k|v), or None when they differ in type or row length.  One call then
+    quantizes the activations once and runs one parallel region for all of them."""
+    first = packs[0]
+    if any(p.qtype != first.qtype or p.colsp != first.colsp or p.shape[1] != first.shape[1]
+           or (p.perm is None) != (first.perm is None) for p in packs):
+        return None
+    planes = tuple(np.concatenate([p.planes[i] for p in packs], axis=0) for i in range(len(first.planes)))
+    rows = sum(p.shape[0] for p in packs)
+    return Packed(first.qtype, (rows, first.shape[1]), first.spec, planes, first.colsp, first.perm, first._inv)
+
+
+def _fast_call(p: Packed, key, disp, *args):
+    """disp(*args), through the compiled entry point once known (skips numba's
+    per-call argument typing, ~3 us, mostly for the Spec argument).  Arguments
+    for one (p, key) must keep their types; callers pass fresh C-contiguous,
+    aligned, writeable arrays and Python ints."""
+    ent = p._entries.get(key)
+    if ent is not None:
+        return ent(*args)
+    out = disp(*args)
+    try:
+        sig = tuple(typeof(a, Purpose.argument) for a in args)
+        p._entries[key] = disp.overloads[sig].entry_point
+    except (KeyError, AttributeError):  # numba internals moved: keep dispatching
+        p._entries[key] = disp
+    return out
+
+
+def _matvec_small(p: Packed, x: np.ndarray) -> np.ndarray:
+    """(T, cols) -> (T, rows) with the packed-integer (or F16/BF16) kernels."""
+    sp = p.spec
+    if x.shape[1] != p.colsp:
+        x = np.pad(x, ((0, 0), (0, p.colsp - x.shape[1])))
+    nq, nd, ns = p._x_widths
+    batched = x.shape[0] > 1
+    return _fast_call(p, ("mv", batched), _matvec, p._batched if batched else p._single, *p.planes, x,
+                      p.shape[0], nq, nd, ns, sp.xblk, sp.sgroup, sp.stride, sp.unit)
+
+
+def _dequant_kernel_order(p: Packed, ids: np.ndarray) -> np.ndarray:
+    out = np.empty((len(ids), p.colsp), np.float32)
+    if len(ids):
+        _fast_call(p, "deq", _dequant_rows, p._single, *p.planes, ids, out)
+    return out
+
+
+def _small_t(spec: Spec) -> int:
+    if spec.xblk == 0:
+        return SMALL_T_FLOAT
+    return SMALL_T_8BIT if spec.bits == 8 else SMALL_T_QUANT
+
+
+def linear(p: Packed, x: np.ndarray) -> np.ndarray:
+    """x (T, cols) float32 -> (T, rows) float32 = x @ W.T.
+
+    T <= SMALL_T_QUANT (8-bit codes: SMALL_T_8BIT, F16/BF16: SMALL_T_FLOAT): the
+    packed-integer (F16/BF16: float) kernels, weights never dequantized, int8 activations.  Larger T:
+    dequantize TILE_ELEMS weights (whole rows) at a time and multiply with BLAS (exact weights).
+    F32 weights always use BLAS.
+    """
+    x = np.asarray(x)
+    if not (x.dtype == np.float32 and x.flags.c_contiguous and x.flags.aligned and x.flags.writeable):
+        x = np.array(x, dtype=np.float32, order="C")
+    if x.ndim == 1:
+        return linear(p, x[None])[0]
+    rows, cols = p.shape
+    if x.shape[1] != cols:
+        raise ValueError(f"linear: x has {x.shape[1]} columns, weight {p.qtype} {p.shape} needs {cols}")
+    T = x.shape[0]
+    if p.qtype == "F32":
+        w = p.planes[0].view(np.float32)[:, :cols]
+        return np.dot(x, w.T)
+    if T <= _small_t(p.spec):
+        return _matvec_small(p, x)
+    xk = x if p.colsp == cols else np.pad(x, ((0, 0), (0, p.colsp - cols)))
+    if p.perm is not None:
+        xk = xk[:, p.perm]
+    y = np.empty((T, rows), np.float32)
+    step = max(TILE_MIN_ROWS, TILE_ELEMS // p.colsp)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        tile = _dequant_kernel_order(p, np.arange(r0, r1, dtype=np.int64))
+        y[:, r0:r1] = xk @ tile.T
+    return y
+
+
+def embed_rows(p: Packed, ids) -> np.ndarray:
+    """Rows `ids` of the weight, dequantized: (len(ids), cols) float32 (token embedding lookup)."""
+    ids = np.array(ids, dtype=np.int64).reshape(-1)
+    rows, cols = p.shape
+    if ids.size and (ids.min() < 0 or ids.max() >= rows):
+        raise IndexError(f"embed_rows: id out of range [0, {rows})")
+    out = _dequant_kernel_order(p, ids)
+    if p.perm is not None:
+        out = out[:, p._inv]
+    return out[:, :cols] if p.colsp != cols else out
+
+
+def dequantize(p: Packed) -> np.ndarray:
+    """The whole weight as float32 (rows, cols)."""
+    return embed_rows(p, np.arange(p.shape[0]))

@@ -1,0 +1,184 @@
+"""The LLVM vector IR emitter every kernel module writes its inner loops with.
+
+numba's auto-vectorizer does not find vpmaddubsw, and its scalar typing widens
+integers to int64, so the row kernels are numba *intrinsics* that emit LLVM
+vector IR directly through `E`: plain `<32 x i8>` loads, shifts and masks,
+plus the x86 AVX2 dot-product instructions when the compile target has AVX2
+(`llvm.x86.avx2.pmadd.ub.sw` / `pmadd.wd` / `psign.b` / `pshuf.b`).  Elsewhere
+(ARM, old x86, or `EDGESLIM_PORTABLE_KERNELS=1`) the same steps are written as
+portable widening multiplies, pairwise adds and selects, which LLVM lowers for
+the target; tests run both variants and require identical results.
+
+Addresses are i64 integers (`ptr + byte offset`); every load and store is
+`align 1`, so plane rows need no alignment.
+"""
+from __future__ import annotations
+
+import os
+import platform
+
+from llvmlite import ir
+from numba import config as _nb_config
+from numba.core import cgutils
+
+
+def _host_has_avx2() -> bool:
+    """True when numba compiles for a CPU with AVX2 (then the x86 dot intrinsics are used)."""
+    if os.environ.get("EDGESLIM_PORTABLE_KERNELS"):
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if _nb_config.CPU_NAME or _nb_config.CPU_FEATURES:  # user pinned a generic/other target
+        return "+avx2" in (_nb_config.CPU_FEATURES or "")
+    import llvmlite.binding as llvm
+
+    return bool(llvm.get_host_cpu_features().get("avx2", False))
+
+
+USE_AVX2 = _host_has_avx2()
+
+I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+F16, F32 = ir.HalfType(), ir.FloatType()
+
+
+def V(t, n):
+    """<n x t>."""
+    return ir.VectorType(t, n)
+
+
+def array_addr(context, builder, ty, val):
+    """(data address as i64, stride0 in bytes or None) of a numba array value."""
+    a = context.make_array(ty)(context, builder, val)
+    strides = cgutils.unpack_tuple(builder, a.strides)
+    return builder.ptrtoint(a.data, I64), (strides[0] if ty.ndim > 1 else None)
+
+
+class E:
+    """A few vector helpers over an llvmlite IRBuilder (addresses are i64 integers)."""
+
+    def __init__(self, b: ir.IRBuilder, portable: bool):
+        self.b, self.portable = b, portable or not USE_AVX2
+
+    # -- constants, addresses, memory
+    def k(self, ty, v):
+        if isinstance(ty, ir.VectorType):
+            return ir.Constant(ty, [v] * ty.count)
+        return ir.Constant(ty, v)
+
+    def i(self, v):
+        return v if isinstance(v, ir.Value) else ir.Constant(I64, int(v))
+
+    def add(self, *vals):
+        acc = self.i(vals[0])
+        for v in vals[1:]:
+            acc = self.b.add(acc, self.i(v))
+        return acc
+
+    def mul(self, a, b):
+        return self.b.mul(self.i(a), self.i(b))
+
+    def ptr(self, base, off, ty):
+        return self.b.inttoptr(self.add(base, off), ty.as_pointer())
+
+    def ld(self, base, off, ty):
+        return self.b.load(self.ptr(base, off, ty), align=1)
+
+    def st(self, base, off, val):
+        self.b.store(val, self.ptr(base, off, val.type), align=1)
+
+    def shuf(self, v, mask):
+        return self.b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), ir.Constant(V(I32, len(mask)), list(mask)))
+
+    def splat(self, s, n=8):
+        t = V(s.type, n)
+        u = self.b.insert_element(ir.Constant(t, ir.Undefined), s, ir.Constant(I32, 0))
+        return self.shuf(u, [0] * n)
+
+    def lane(self, v, i):
+        return self.b.extract_element(v, ir.Constant(I32, i))
+
+    def fn(self, name, ret, args):
+        return cgutils.get_or_insert_function(self.b.module, ir.FunctionType(ret, args), name)
+
+    # -- code extraction from planes (u8 lanes); plane formats in planes.py
+    def bits_at(self, q, shift, width, pos):
+        """Field q[shift:shift+width] of each byte, moved to bit `pos` (2 ops)."""
+        mask = self.k(q.type, ((1 << width) - 1) << pos)
+        if shift > pos:
+            q = self.b.lshr(q, self.k(q.type, shift - pos))
+        elif shift < pos:
+            q = self.b.shl(q, self.k(q.type, pos - shift))
+        return self.b.and_(q, mask)
+
+    def nib(self, base, off, hi):
+        q = self.ld(base, off, V(I8, 32))
+        return self.b.lshr(q, self.k(q.type, 4)) if hi else self.b.and_(q, self.k(q.type, 15))
+
+    def crumb(self, base, off, s, pos=0):
+        return self.bits_at(self.ld(base, off, V(I8, 32)), 2 * s, 2, pos)
+
+    def bit(self, base, off, k, pos):
+        return self.bits_at(self.ld(base, off, V(I8, 32)), k, 1, pos)
+
+    # -- integer dot steps
+    def maddubs(self, u8, s8):
+        """<32 x u8> * <32 x s8> -> <16 x i16> pair sums (never saturates for our ranges)."""
+        if not self.portable:
+            f = self.fn("llvm.x86.avx2.pmadd.ub.sw", V(I16, 16), [V(I8, 32), V(I8, 32)])
+            return self.b.call(f, [u8, s8])
+        p = self.b.mul(self.b.zext(u8, V(I16, 32)), self.b.sext(s8, V(I16, 32)))
+        return self.b.add(self.shuf(p, range(0, 32, 2)), self.shuf(p, range(1, 32, 2)))
+
+    def madd(self, a16, b16):
+        """<16 x i16> * <16 x i16> -> <8 x i32> pair sums."""
+        if not self.portable:
+            f = self.fn("llvm.x86.avx2.pmadd.wd", V(I32, 8), [V(I16, 16), V(I16, 16)])
+            return self.b.call(f, [a16, b16])
+        p = self.b.mul(self.b.sext(a16, V(I32, 16)), self.b.sext(b16, V(I32, 16)))
+        return self.b.add(self.shuf(p, range(0, 16, 2)), self.shuf(p, range(1, 16, 2)))
+
+    def pair_sum16(self, a16):
+        """<16 x i16> -> <8 x i32> sums of adjacent pairs (vpmaddwd by ones on AVX2)."""
+        if not self.portable:
+            return self.madd(a16, self.k(V(I16, 16), 1))
+        w = self.b.sext(a16, V(I32, 16))
+        return self.b.add(self.shuf(w, range(0, 16, 2)), self.shuf(w, range(1, 16, 2)))
+
+    def lane_bcast16(self, v, c):
+        """<16 x i16> -> element c of each 128-bit half broadcast across that half
+        (an in-lane pattern: one vpshufb, or a vpbroadcastw when both halves agree)."""
+        return self.shuf(v, [c] * 8 + [8 + c] * 8)
+
+    def sign_dot(self, w8, x8):
+        """Signed <32 x i8> . <32 x i8> -> <16 x i16>, via |w| * (x with w's sign)."""
+        neg = self.b.icmp_signed("<", w8, self.k(w8.type, 0))
+        aw = self.b.select(neg, self.b.sub(self.k(w8.type, 0), w8), w8)
+        if self.portable:
+            sx = self.b.select(neg, self.b.sub(self.k(x8.type, 0), x8), x8)
+        else:  # vpsignb: x * sign(w) in one instruction
+            sx = self.b.call(self.fn("llvm.x86.avx2.psign.b", V(I8, 32), [V(I8, 32), V(I8, 32)]), [x8, w8])
+        return self.maddubs(aw, sx)
+
+    # -- float
+    def fma(self, a, b, c):
+        t = a.type
+        f = self.fn(f"llvm.fmuladd.v{t.count}f32", t, [t, t, t])
+        return self.b.call(f, [a, b, c])
+
+    def cvt(self, v):
+        return self.b.sitofp(v, V(F32, v.type.count))
+
+    def hsum(self, v):
+        """<8 x float> -> float."""
+        s = self.b.fadd(self.shuf(v, [0, 1, 2, 3]), self.shuf(v, [4, 5, 6, 7]))
+        s = self.b.fadd(s, self.shuf(s, [2, 3, 2, 3]))
+        s = self.b.fadd(s, self.shuf(s, [1, 1, 1, 1]))
+        return self.lane(s, 0)
+
+    def halves(self, base, off, n):
+        """n float16 values at base+off -> <n x float>."""
+        return self.b.fpext(self.ld(base, off, V(F16, n)), V(F32, n))
+
+    def bf16s(self, base, off, n):
+        v = self.b.zext(self.ld(base, off, V(I16, n)), V(I32, n))
+        return self.b.bitcast(self.b.shl(v, self.k(V(I32, n), 16)), V(F32, n))

@@ -1,0 +1,122 @@
+"""The two row intrinsics the drivers call, and the accumulator helpers families share.
+
+    _row(spec, p0..p4, xq, xd, xs, y, r)   y[t, r] = (row r of the weight) . x_t, every t
+    _deq_row(spec, p0..p4, out)            out[:] = the row dequantized, kernel order
+
+Arguments: `spec` (its numba type names the layout), the row's five plane rows
+(1-D uint8, layouts in planes.py and each family module), the quantized
+activations xq (T, colsp) int8, their block scales xd (T, nxd) float32 and
+block sums xs (T, nxs) float32 (float weights read x itself as xs), and the
+output.  The code emitted comes from the spec's family: `row_body` /
+`deq_body` of its kernel module.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .emit import F32, I64, E, V, array_addr
+from .spec import SpecType, family
+
+TMAX = 8  # activations one kernel pass handles together (weights decoded once for all of them)
+
+
+class Acc:
+    """Per-activation float accumulators (n_vec <8 x float> each): registers for T == 1,
+    a stack array for batched specs."""
+
+    def __init__(self, e: E, spec, n_vec: int, T):
+        self.e, self.n = e, n_vec
+        zero = e.k(V(F32, 8), 0.0)
+        size = TMAX * n_vec if spec.batched else n_vec
+        self.slots = cgutils.alloca_once(e.b, V(F32, 8), size=size)
+        self.batched = spec.batched
+        if not spec.batched:
+            for k in range(n_vec):
+                e.b.store(zero, self._slot(0, k))
+        else:
+            over_t(spec, e, T, self.zero)
+
+    def _slot(self, t, k):
+        idx = self.e.add(self.e.mul(t, self.n), k) if self.batched else ir.Constant(I64, k)
+        return self.e.b.gep(self.slots, [idx])
+
+    def zero(self, t):
+        for k in range(self.n):
+            self.e.b.store(self.e.k(V(F32, 8), 0.0), self._slot(t, k))
+
+    def get(self, t, k=0):
+        return self.e.b.load(self._slot(t, k))
+
+    def put(self, t, v, k=0):
+        self.e.b.store(v, self._slot(t, k))
+
+
+def over_t(spec, e: E, T, body):
+    """body(t) for t in range(T) (a loop when batched, t = 0 otherwise)."""
+    if not spec.batched:
+        body(ir.Constant(I64, 0))
+        return
+    with cgutils.for_range(e.b, T) as loop:
+        body(loop.index)
+
+
+def row_x(e: E, base, stride, t):
+    """Address of activation row t of a (T, n) array at base with stride0 `stride` bytes."""
+    return e.add(base, e.mul(t, stride))
+
+
+@intrinsic
+def _row(typingctx, spec, p0, p1, p2, p3, p4, xq, xd, xs, y, r):
+    """y[t, r] = (row r of the weight) . x_t for every t (see the module docstring)."""
+    if not isinstance(spec, SpecType):
+        return None
+    sp = spec.spec
+    sig = types.void(spec, p0, p1, p2, p3, p4, xq, xd, xs, y, r)
+
+    def codegen(context, builder, signature, args):
+        e = E(builder, sp.portable)
+        tys = signature.args
+        P = [array_addr(context, builder, tys[i], args[i])[0] for i in range(1, 6)]
+        X = []
+        for i in (6, 7, 8):
+            X.extend(array_addr(context, builder, tys[i], args[i]))
+        yarr = context.make_array(tys[9])(context, builder, args[9])
+        yshape = cgutils.unpack_tuple(builder, yarr.shape)
+        ystr = cgutils.unpack_tuple(builder, yarr.strides)
+        ybase = builder.ptrtoint(yarr.data, I64)
+        T = yshape[0]
+        xshape = cgutils.unpack_tuple(builder, context.make_array(tys[6])(context, builder, args[6]).shape)
+        ncols = xshape[1]
+        finish = family(sp).row_body(sp, e, P, X, T, ncols)
+        rr = context.cast(builder, args[10], tys[10], types.intp)
+
+        def out(t):
+            e.st(ybase, e.add(e.mul(t, ystr[0]), e.mul(rr, 4)), finish(t))
+
+        over_t(sp, e, T, out)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _deq_row(typingctx, spec, p0, p1, p2, p3, p4, out):
+    """out[:] = row (p0..p4) dequantized, kernel order; out is 1-D float32 of the padded length."""
+    if not isinstance(spec, SpecType):
+        return None
+    sp = spec.spec
+    sig = types.void(spec, p0, p1, p2, p3, p4, out)
+
+    def codegen(context, builder, signature, args):
+        e = E(builder, sp.portable)
+        tys = signature.args
+        P = [array_addr(context, builder, tys[i], args[i])[0] for i in range(1, 6)]
+        oarr = context.make_array(tys[6])(context, builder, args[6])
+        ncols = cgutils.unpack_tuple(builder, oarr.shape)[0]
+        family(sp).deq_body(sp, e, P, builder.ptrtoint(oarr.data, I64), ncols)
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -49,8 +49,9 @@ program for small instances):
 
 Signals (what "cost" means; all reduce to per-tensor (bytes, cost) options):
 
-* uniform: one type for every tensor, the best of the family's ladder that
-  fits (block fallbacks as in the plan); no knapsack.
+* uniform: one type for every tensor, the best of the family's uniform
+  ladder (targets.LADDERS: Q2_K..Q8_0, F16) that fits (block fallbacks as in
+  the plan); no knapsack.
 * sensitivity: the measured squared error of each type, importance-weighted
   (E||(W - Q) x||^2 per token) when calibration statistics were given, else
   plain (inputs assumed of unit scale). Tensors lacking importance in a
@@ -75,7 +76,7 @@ import re
 from dataclasses import dataclass
 
 from edgeslim.errors import FitError, InputError
-from edgeslim.targets import DEFAULT_CTX, OVERHEAD_BYTES, get_target, gib, kv_cache_bytes
+from edgeslim.targets import DEFAULT_CTX, LADDERS, OVERHEAD_BYTES, get_target, gib, kv_cache_bytes
 from edgeslim.tables import TensorNames, quant_info
 
 from .analyze import TensorAnalysis, type_bytes
@@ -432,8 +433,10 @@ def allocate(analyses: list[TensorAnalysis], budget_bytes: int, signal: str = DE
     costs = tensor_costs(analyses, cost_signal, types)
     options = {a.name: tensor_options(a, c) for a, c in zip(analyses, costs)}
     by_name = {a.name: a for a in analyses}
-    if signal == "uniform":
-        t, chosen = uniform_allocate(options, analyses, types, int(budget_bytes))
+    if signal == "uniform":  # one type of the family's uniform ladder (Q2_K..Q8_0), not every candidate
+        ladder = LADDERS.get(family)
+        uni = tuple(t for t in types if ladder is None or t in ladder or t == "F16")
+        t, chosen = uniform_allocate(options, analyses, uni or types, int(budget_bytes))
         return Allocation(signal, family, int(budget_bytes), chosen, by_name, uniform_type=t)
     chosen = greedy_allocate(options, int(budget_bytes))
     return Allocation(signal, family, int(budget_bytes), chosen, by_name,

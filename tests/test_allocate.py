@@ -153,7 +153,7 @@ def test_sensitivity_gives_important_tensors_more_bits():
     plain = [analyze_tensor("a", w1, GGML), analyze_tensor("b", w2, GGML)]
     budget = L.budget_from_bpw(4.5, plain)
     al = L.allocate(plain, budget, "sensitivity")
-    assert _bits(al, "a") == _bits(al, "b")  # alike without calibration
+    assert abs(_bits(al, "a") - _bits(al, "b")) <= 0.5  # alike without calibration (neighbouring types)
     calib = [analyze_tensor("a", w1, GGML, np.full(256, 100.0)), analyze_tensor("b", w2, GGML, np.full(256, 1.0))]
     al = L.allocate(calib, budget, "sensitivity")
     assert _bits(al, "a") > _bits(al, "b") + 2 and al.total_bytes <= budget
@@ -305,27 +305,13 @@ def test_odd_widths_take_32_wide_types_and_reach_their_minimum(hidden, ffn):
 
 
 def test_fit_error_blames_the_row_width_not_the_smallest_type():
-    """Without 32-wide types below Q8_0 a 576-wide tensor can only be Q8_0: the message says so."""
+    """With the K ladder alone a 576-wide tensor falls back to a 32-wide type (IQ4_NL, as llama.cpp):
+    the message names the row width and that type, not Q2_K."""
     an = _odd_model(576, 1536)
     types = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "F16")
     need, _ = C.minimum_note({a.name: a.shape for a in an}, types)
     with pytest.raises(FitError) as err:
         L.allocate(an, L.budget_from_bpw(3.5, an), "erank", types=types)
     msg = str(err.value)
-    assert f"{need:,} bytes" in msg and "rows of 576 (not a multiple of 256) take at least Q8_0 (8.5 bpw)" in msg
+    assert f"{need:,} bytes" in msg and "rows of 576 (not a multiple of 256) take at least IQ4_NL (4.5 bpw)" in msg
     assert "blk.*.attn_q.weight" in msg and "Q2_K (2.62 bpw): blk.*.ffn_down.weight" in msg
-
-
-def test_erank_weights_the_output_head(monkeypatch):
-    """The tensor that makes the logits (output.weight, else a tied token_embd.weight) counts
-    HEAD_WEIGHT times: it gets more bits than an otherwise identical tensor."""
-    monkeypatch.setattr(L, "HEAD_WEIGHT", 4.0)
-    for head, names in (("output.weight", ["token_embd.weight", "output.weight", "blk.0.ffn_up.weight"]),
-                        ("token_embd.weight", ["token_embd.weight", "blk.0.ffn_up.weight"])):
-        an = [_fake(n, shape=(256, 256)) for n in names]
-        assert L.output_head(an) == head
-        al = L.allocate(an, L.budget_from_bpw(4.0, an), "erank")
-        assert _bits(al, head) > _bits(al, "blk.0.ffn_up.weight"), al.tensor_types()
-    monkeypatch.setattr(L, "HEAD_WEIGHT", 1.0)
-    al = L.allocate(an, L.budget_from_bpw(4.5, an), "erank")  # room for Q4_K everywhere: no reason to differ
-    assert _bits(al, "token_embd.weight") == _bits(al, "blk.0.ffn_up.weight")

@@ -288,7 +288,7 @@ def test_odd_widths_take_32_wide_types_and_reach_their_minimum(hidden, ffn):
     by_name = {a.name: a for a in an}
     need, note = C.minimum_note({a.name: a.shape for a in an}, ALL_GGML)
     # every tensor at its smallest fitting type: 4.5 bpw (Q4_0 / IQ4_NL) for rows of `hidden`
-    want = sum(type_bytes("IQ1_S" if a.shape[1] % 256 == 0 else "Q4_0", a.numel) for a in an)
+    want = sum(type_bytes("IQ2_XXS" if a.shape[1] % 256 == 0 else "Q4_0", a.numel) for a in an)
     assert need == want
     assert f"rows of {hidden} (not a multiple of 256) take at least IQ4_NL (4.5 bpw)" in note
     al = L.allocate(an, need, "erank", types=ALL_GGML)  # exactly the minimum is reachable

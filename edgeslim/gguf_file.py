@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FormatError
+from .errors import FormatError, UnsupportedError
 from .tables import GGML_INFO, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLType, Keys
 
 # GGUF metadata value types
@@ -200,7 +200,9 @@ class GGUFFile:
         try:
             gtype = GGMLType(tid)
         except ValueError:
-            raise c.fail(f"tensor {name!r} has unknown ggml type {tid}") from None
+            raise UnsupportedError(f"{self.path}: tensor {name!r} has ggml type id {tid}, which this edgeslim does not "
+                                   "know (a newer llama.cpp type?); re-quantize the model to a type such as Q4_K_M, "
+                                   "or update edgeslim") from None
         if any(d == 0 or d > 2**40 for d in ne):
             raise c.fail(f"tensor {name!r} has impossible dims {ne}")
         return name, tuple(reversed(ne)), gtype, offset
@@ -248,13 +250,24 @@ class GGUFFile:
             raise FormatError(f"{name} is {t.type_name}, not a plain array; dequantize it instead")
         return raw.view(dtypes[t.ggml_type]).reshape(t.shape)
 
-    def drop_pages(self) -> None:
-        """Release the mapped file's resident pages (after a backend copied what it needs; best effort)."""
-        if hasattr(self._mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+    def drop_pages(self, start: int = 0, nbytes: int | None = None) -> None:
+        """Release the mapped file's resident pages in [start, start + nbytes) (default: all), after a
+        backend copied what it needs (best effort).  The range is widened to whole pages: a page shared
+        with a neighbouring tensor is simply faulted back in from the page cache when read."""
+        if not (hasattr(self._mm, "madvise") and hasattr(mmap, "MADV_DONTNEED")):
+            return
+        end = len(self._mm) if nbytes is None else min(len(self._mm), start + nbytes)
+        lo = start // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > lo:
             try:
-                self._mm.madvise(mmap.MADV_DONTNEED)
+                self._mm.madvise(mmap.MADV_DONTNEED, lo, end - lo)
             except (OSError, ValueError):
                 pass
+
+    def drop_tensor(self, name: str) -> None:
+        """Release the resident pages of one tensor's data (see drop_pages)."""
+        t = self.tensors[name]
+        self.drop_pages(t.offset, t.nbytes)
 
     def close(self) -> None:
         self._mm.close()

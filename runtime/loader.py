@@ -125,6 +125,13 @@ class ModelFile:
                                 scales, biases)
         return WeightSource(name, t.type_name, tuple(t.shape), self.gguf.data(name))
 
+    def release(self, src: WeightSource) -> None:
+        """Drop the mapped pages of a weight's tensors from this process once a backend holds its own
+        copy (the pages stay in the OS page cache; reading them again faults them back in)."""
+        for name in (src.name, src.name + AFFINE_SCALES_SUFFIX, src.name + AFFINE_BIASES_SUFFIX):
+            if name in self.gguf.tensors:
+                self.gguf.drop_tensor(name)
+
     def vector(self, name: str) -> np.ndarray:
         """A 1-D float tensor (norm weight, bias, rope factors) as a float32 copy."""
         t = self.gguf.tensors[name]

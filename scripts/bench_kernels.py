@@ -8,7 +8,7 @@ DRAM, as in real decoding), and reports the best time per call, the stored
 installed) on the same weights and thread count.  The machine's read bandwidth
 (numba prange sum, all threads) is printed for scale.
 
-    python scripts/bench_kernels.py                      # all types, three shapes
+    python scripts/bench_kernels.py                      # every type (llama.cpp's and affine), three shapes
     python scripts/bench_kernels.py --types Q4_K Q8_0 --shapes 4096x4096 --reps 20
     python scripts/bench_kernels.py --T 32               # prefill-sized batches
     python scripts/bench_kernels.py --decode-sim Q4_K    # every matmul of a TinyLlama decode step
@@ -29,15 +29,14 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from edgeslim.runtime import kernels as K
-from edgeslim.tables import GGMLType, parse_affine, quant_info
+from edgeslim.tables import GGMLType, block_fields, parse_affine, quant_info
 
 SHAPES = ((2048, 5632), (5632, 2048), (4096, 4096))
-TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "F16", "BF16", "AFFINE4_G64", "AFFINE4_G32",
-         "AFFINE8_G64", "AFFINE2_G64", "AFFINE3_G64", "AFFINE5_G64", "AFFINE6_G64")
+TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS",
+         "IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M", "TQ1_0", "TQ2_0", "F16", "BF16",
+         "AFFINE4_G64", "AFFINE4_G32", "AFFINE8_G64", "AFFINE2_G64", "AFFINE3_G64", "AFFINE5_G64", "AFFINE6_G64")
 STREAM_BYTES = 160 << 20  # total weight bytes cycled through per timing round (> L3)
 
-# byte offsets of the f16 scales inside each ggml block (everything else random)
-_F16_AT = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "Q8_0": (0,)}
 
 
 def random_weight(qtype: str, rows: int, cols: int, rng) -> dict:
@@ -56,14 +55,27 @@ def random_weight(qtype: str, rows: int, cols: int, rng) -> dict:
     info = quant_info(qtype)
     nb = cols // info.block
     raw = rng.integers(0, 256, (rows, nb, info.block_bytes), dtype=np.uint8)
-    for off in _F16_AT[qtype]:
-        d = rng.uniform(-0.01, 0.01, (rows, nb)).astype(np.float16)
-        raw[..., off:off + 2] = d.view(np.uint8).reshape(rows, nb, 2)
+    fields = block_fields(qtype)
+    for name, sl in fields.items():
+        if name in ("d", "dmin", "m"):  # the f16 scales (everything else random)
+            d = rng.uniform(-0.01, 0.01, (rows, nb)).astype(np.float16)
+            raw[..., sl] = d.view(np.uint8).reshape(rows, nb, 2)
+    if qtype == "IQ1_M":  # its f16 d lives in the top nibbles of the four u16 scales
+        sc = raw[..., fields["scales"]].copy().view("<u2")
+        d = rng.uniform(-0.01, 0.01, (rows, nb, 1)).astype(np.float16).view("<u2")
+        nib = np.concatenate([(d >> (4 * i)) & 15 for i in range(4)], axis=-1).astype("<u2")
+        raw[..., fields["scales"]] = ((sc & 0x0FFF) | (nib << 12)).view(np.uint8)
     return {"data": raw.reshape(rows, -1)}
 
 
 def stored_bytes(qtype: str, rows: int, cols: int) -> int:
     return rows * quant_info(qtype).nbytes(cols)
+
+
+def copies(qtype: str, rows: int, cols: int) -> int:
+    """Weights cycled per timing round: STREAM_BYTES in all (beyond the caches), at most 1000
+    (ggml's default graph holds 2048 nodes)."""
+    return max(2, min(1000, -(-STREAM_BYTES // stored_bytes(qtype, rows, cols))))
 
 
 @njit(parallel=True, cache=True)
@@ -96,7 +108,7 @@ def _timed(fn) -> float:
 
 
 def bench_edgeslim(qtype, rows, cols, reps, rng, T=1):
-    n = max(2, -(-STREAM_BYTES // stored_bytes(qtype, rows, cols)))
+    n = copies(qtype, rows, cols)
     ws = [K.prepare(qtype, shape=(rows, cols), **random_weight(qtype, rows, cols, rng)) for _ in range(n)]
     x = rng.standard_normal((T, cols)).astype(np.float32)
     for w in ws:
@@ -160,7 +172,7 @@ class _GGML:
         if parse_affine(qtype):
             return None
         b = self.base
-        n = max(2, -(-STREAM_BYTES // stored_bytes(qtype, rows, cols)))
+        n = copies(qtype, rows, cols)
         mem = n * (stored_bytes(qtype, rows, cols) + 4 * T * (rows + cols) + 4096) + (64 << 20) + 8 * T * cols
         ctx = b.ggml_init(self.Params(mem, None, False))
         try:

@@ -92,3 +92,23 @@ def test_bad_magic_and_version(tmp_path):
         GGUFFile(bad)
     with pytest.raises(FormatError, match="no such file"):
         GGUFFile(tmp_path / "missing.gguf")
+
+
+def test_a_newer_tensor_type_is_unsupported_not_corrupt(tmp_path):
+    """A valid file with a ggml type id this edgeslim does not know (llama.cpp keeps adding types):
+    one line naming the tensor, the id and the fix, never 'corrupted'."""
+    from edgeslim.errors import UnsupportedError
+
+    path = tmp_path / "m.gguf"
+    _write_small(path)
+    data = bytearray(path.read_bytes())
+    name = b"a.weight"
+    at = data.index(struct.pack("<Q", len(name)) + name) + 8 + len(name)  # n_dims, ne[2], then the type id
+    type_at = at + 4 + 2 * 8
+    assert struct.unpack_from("<I", data, type_at)[0] == 0  # F32
+    struct.pack_into("<I", data, type_at, 40)  # a type newer than this edgeslim
+    path.write_bytes(bytes(data))
+    with pytest.raises(UnsupportedError) as err:
+        GGUFFile(path)
+    msg = str(err.value)
+    assert "a.weight" in msg and "40" in msg and "corrupt" not in msg and "\n" not in msg

@@ -22,31 +22,45 @@ from gguf.quants import dequantize as gguf_dequantize  # noqa: E402
 
 from edgeslim.errors import FormatError, UnsupportedError  # noqa: E402
 from edgeslim.runtime import kernels as K  # noqa: E402
-from edgeslim.tables import GGMLType, parse_affine, quant_info  # noqa: E402
+from edgeslim.tables import GGMLType, block_fields, parse_affine, quant_info  # noqa: E402
 
 KQUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-GGML_QUANT = ("Q8_0",) + KQUANTS
+LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL")  # 32-wide blocks
+IQ = ("IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M")
+TERNARY = ("TQ1_0", "TQ2_0")
+GGML_QUANT = LEGACY + KQUANTS + IQ + TERNARY
+GGUF_QUANTIZES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "TQ1_0", "TQ2_0")  # gguf.quants.quantize writes these
 FLOATS = ("F16", "BF16", "F32")
 # every code layout and lane/group arrangement once (the rest: test_affine_all, marked slow)
 AFFINE_FAST = ("AFFINE4_G32", "AFFINE4_G64", "AFFINE8_G32", "AFFINE2_G64", "AFFINE3_G32", "AFFINE5_G64",
                "AFFINE6_G32")
 # The batched kernels (T > 1) share the per-type decoding with T == 1 and differ per family and
 # scale structure only, so (to keep cold-cache compile time down) they are checked on these:
-BATCHED = {"Q4_K", "Q6_K", "Q8_0", "AFFINE4_G32", "AFFINE5_G64", "F16"}
+BATCHED = {"Q4_K", "Q6_K", "Q8_0", "Q4_0", "Q5_1", "IQ4_NL", "IQ4_XS", "TQ1_0", "IQ2_XS", "IQ3_S", "IQ1_M",
+           "AFFINE4_G32", "AFFINE5_G64", "F16"}
 AFFINE_ALL = tuple(f"AFFINE{b}_G{g}" for b in (2, 3, 4, 5, 6, 8) for g in (32, 64))
-F16_AT = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "Q8_0": (0,)}
 ROWS, COLS = 24, 512
 
 
 # ----------------------------------------------------------------------------- builders
-def ggml_raw(qtype, rows, cols, rng):
-    """Random valid blocks: random payload bytes, small finite f16 scales."""
+def ggml_raw(qtype, rows, cols, rng, iq1m_delta_bits=0x88):
+    """Random valid blocks: random payload bytes, small finite f16 scales.  IQ1_M keeps its d in
+    the top nibbles of its four u16 scales; its delta bits are OR-ed with `iq1m_delta_bits`
+    (gguf-py's IQ1_M reference reads every delta as -1/8, right only where the bit is set)."""
     info = quant_info(qtype)
     nb = cols // info.block
     raw = rng.integers(0, 256, (rows, nb, info.block_bytes), dtype=np.uint8)
-    for off in F16_AT[qtype]:
-        d = rng.uniform(-0.02, 0.02, (rows, nb)).astype(np.float16)
-        raw[..., off:off + 2] = d.view(np.uint8).reshape(rows, nb, 2)
+    f = block_fields(qtype)
+    for name, sl in f.items():
+        if name in ("d", "dmin", "m"):  # the f16 scalars
+            d = rng.uniform(-0.02, 0.02, (rows, nb)).astype(np.float16)
+            raw[..., sl] = d.view(np.uint8).reshape(rows, nb, 2)
+    if qtype == "IQ1_M":
+        sc = raw[..., f["scales"]].copy().view("<u2")  # (rows, nb, 4)
+        d = rng.uniform(-0.02, 0.02, (rows, nb, 1)).astype(np.float16).view("<u2")
+        nib = np.concatenate([(d >> (4 * i)) & 15 for i in range(4)], axis=-1).astype("<u2")
+        raw[..., f["scales"]] = ((sc & 0x0FFF) | (nib << 12)).view(np.uint8)
+        raw[..., f["qh"]] |= np.uint8(iq1m_delta_bits)
     return raw.reshape(rows, -1)
 
 
@@ -150,7 +164,9 @@ def test_prefill_path_uses_exact_weights(monkeypatch):
             kw, ref, _ = affine_case(qtype, rows, 256, rng)
             p = K.prepare(qtype, shape=(rows, 256), **kw)
         x = rng.standard_normal((7, 256)).astype(np.float32)
-        np.testing.assert_allclose(K.linear(p, x), x @ ref.T, rtol=2e-5, atol=2e-5)
+        # exact weights: only float32 summation order differs (BLAS over permuted columns)
+        scale = np.abs(x).astype(np.float64) @ np.abs(ref.T).astype(np.float64)
+        assert np.all(np.abs(K.linear(p, x) - x.astype(np.float64) @ ref.T.astype(np.float64)) <= 1e-5 * scale)
 
 
 # ----------------------------------------------------------------------------- affine (MLX layout)
@@ -195,6 +211,81 @@ def test_q8_0_rows_with_a_partial_block_of_groups():
         check_linear(p, ref, rng)
 
 
+@pytest.mark.parametrize("qtype", LEGACY)
+def test_legacy_rows_with_a_tail(qtype):
+    """32-wide types on rows that are not whole 256-element units (Gemma's 640, odd block counts):
+    the tail blocks run in stored order, the rest interleaved; exact dequantization, int8 accuracy."""
+    rng = np.random.default_rng(13)
+    for rows, cols in ((7, 640), (5, 96), (3, 32)):
+        raw = ggml_raw(qtype, rows, cols, rng)
+        ref = gguf_dequantize(raw, GGMLType[qtype])
+        p = K.prepare(qtype, raw, (rows, cols))
+        np.testing.assert_array_equal(K.dequantize(p), ref)
+        np.testing.assert_array_equal(K.embed_rows(p, [rows - 1, 0]), ref[[rows - 1, 0]])
+        check_linear(p, ref, rng, Ts=(1, 3) if qtype in BATCHED else (1,))
+
+
+def _ggml_to_float(lib, qtype, raw):
+    """llama.cpp's own dequantization (ggml type traits' to_float) of (rows, row_bytes) blocks."""
+    import ctypes
+
+    class Traits(ctypes.Structure):
+        _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64),
+                    ("blck_size_interleave", ctypes.c_int64), ("type_size", ctypes.c_size_t),
+                    ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p), ("from_float_ref", ctypes.c_void_p)]
+
+    lib.ggml_get_type_traits.restype = ctypes.POINTER(Traits)
+    lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    tr = lib.ggml_get_type_traits(int(GGMLType[qtype])).contents
+    to_float = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(tr.to_float)
+    raw = np.ascontiguousarray(raw)
+    n = raw.size // quant_info(qtype).block_bytes * quant_info(qtype).block
+    out = np.empty(n, np.float32)
+    to_float(raw.ctypes.data, out.ctypes.data, n)
+    return out.reshape(raw.shape[0], -1)
+
+
+@pytest.mark.parametrize("qtype", GGML_QUANT)
+def test_dequantize_matches_llamacpp(qtype):
+    """Against llama.cpp itself (its compiled to_float), random blocks including IQ1_M deltas of both
+    signs.  Equal up to 1 ulp: the C code may fuse a multiply-add that gguf-py rounds twice."""
+    from edgeslim.quants import ggml_ref
+
+    lib = ggml_ref.load()
+    if lib is None:
+        pytest.skip("llama.cpp's ggml library is not installed")
+    rng = np.random.default_rng(16)
+    cols = 512 if quant_info(qtype).block > 32 else 288
+    raw = ggml_raw(qtype, 6, cols, rng, iq1m_delta_bits=0)
+    ref = _ggml_to_float(lib, qtype, raw)
+    np.testing.assert_array_max_ulp(K.dequantize(K.prepare(qtype, raw, (6, cols))), ref, maxulp=1)
+
+
+def test_repack_in_row_chunks(monkeypatch):
+    """Repacks that expand codes run over row chunks (bounded temporaries) with the same result."""
+    rng = np.random.default_rng(15)
+    raw = ggml_raw("Q5_1", 9, 640, rng)
+    whole = K.prepare("Q5_1", raw, (9, 640))
+    monkeypatch.setattr(K.planes, "CHUNK_WEIGHTS", 2 * 640)
+    chunked = K.prepare("Q5_1", raw, (9, 640))
+    for a, b in zip(whole.planes, chunked.planes):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("qtype", GGUF_QUANTIZES)
+def test_gguf_quantized_weights(qtype):
+    """Real quantized bytes (gguf.quants.quantize of normal weights), as llama-quantize writes them."""
+    rng = np.random.default_rng(14)
+    w = (rng.standard_normal((16, 512)) * 0.02).astype(np.float32)
+    raw = gguf.quants.quantize(w, GGMLType[qtype])
+    ref = gguf_dequantize(raw, GGMLType[qtype])
+    p = K.prepare(qtype, raw, w.shape)
+    np.testing.assert_array_equal(K.dequantize(p), ref)
+    x = rng.standard_normal((1, 512)).astype(np.float32)
+    y = K.linear(p, x)
+    assert np.linalg.norm(y - x @ ref.T) / np.linalg.norm(x @ ref.T) < 0.01
+
+
 def test_affine_matches_mlx():
     mx = pytest.importorskip("mlx.core")
     rng = np.random.default_rng(8)
@@ -209,16 +300,18 @@ def test_affine_matches_mlx():
 
 
 # ----------------------------------------------------------------------------- variants, lookups, errors
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q6_K", "AFFINE4_G32"])
+@pytest.mark.parametrize("qtype", GGML_QUANT + ("AFFINE4_G32",))
 def test_portable_variant_is_identical(qtype):
-    """The non-x86 dot steps (widening multiply + pairwise add) compute the same integers."""
+    """The non-x86 steps (widening multiply + pairwise add, select-tree lookups) compute the same
+    integers in the same float order, on a row with a tail where the type has one."""
     rng = np.random.default_rng(9)
+    cols = 288 if quant_info(qtype).block == 32 else COLS
     if qtype.startswith("AFFINE"):
-        kw, _, _ = affine_case(qtype, ROWS, COLS, rng)
-        p = K.prepare(qtype, shape=(ROWS, COLS), **kw)
+        kw, _, _ = affine_case(qtype, 8, cols, rng)
+        p = K.prepare(qtype, shape=(8, cols), **kw)
     else:
-        p = K.prepare(qtype, ggml_raw(qtype, ROWS, COLS, rng), (ROWS, COLS))
-    x = rng.standard_normal((1, COLS)).astype(np.float32)
+        p = K.prepare(qtype, ggml_raw(qtype, 8, cols, rng), (8, cols))
+    x = rng.standard_normal((1, cols)).astype(np.float32)
     np.testing.assert_array_equal(K.linear(p.with_portable(), x), K.linear(p.with_portable(False), x))
 
 
@@ -237,8 +330,10 @@ def test_embed_rows():
 def test_errors_name_the_problem():
     with pytest.raises(FormatError, match="Q4_K"):
         K.prepare("Q4_K", np.zeros(100, np.uint8), (2, 256))
-    with pytest.raises(UnsupportedError):
-        K.prepare("Q4_0", np.zeros(18, np.uint8), (1, 32))
+    with pytest.raises(FormatError, match="IQ2_XS"):
+        K.prepare("IQ2_XS", np.zeros(74, np.uint8), (2, 256))
+    with pytest.raises(UnsupportedError, match="Q8_K"):
+        K.prepare("Q8_K", np.zeros(292, np.uint8), (1, 256))
     with pytest.raises(UnsupportedError):
         K.prepare("NOPE", np.zeros(4, np.uint8), (1, 1))
     p = K.prepare("Q8_0", ggml_raw("Q8_0", 2, 64, np.random.default_rng(0)), (2, 64))

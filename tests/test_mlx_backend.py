@@ -10,9 +10,10 @@ import pytest
 
 mx = pytest.importorskip("mlx.core")
 
-from edgeslim.errors import InputError  # noqa: E402
+from _llamacpp_files import random_blocks, write_llamacpp_copy  # noqa: E402  (tests/ helper)
+from edgeslim.errors import InputError, UnsupportedError  # noqa: E402
 from edgeslim.gguf_write import GGUFOut  # noqa: E402
-from edgeslim.quants import affine, dequantize_raw, quantize  # noqa: E402
+from edgeslim.quants import affine, quantize  # noqa: E402
 from edgeslim.runtime.backends import get_backend  # noqa: E402
 from edgeslim.runtime.backends.mlx_backend import MLXBackend, MLXCache, load_weight  # noqa: E402
 from edgeslim.runtime.backends.mlx_transcode import TRANSCODED, pack_codes, transcode  # noqa: E402
@@ -128,12 +129,27 @@ def awkward_matrix(rng) -> np.ndarray:
     return w
 
 
+def quantized(w: np.ndarray, qtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(GGUF bytes, gguf-py's dequantization) of w in qtype: edgeslim's quantizer where it writes the
+    type, gguf-py's where it can (Q4_0..Q5_1, TQ*), else random valid blocks (IQ4_NL)."""
+    import gguf
+
+    gt = gguf.GGMLQuantizationType[qtype]
+    try:
+        raw = quantize(w, qtype).data
+    except UnsupportedError:
+        try:
+            raw = gguf.quants.quantize(w, gt)
+        except NotImplementedError:
+            raw = random_blocks(qtype, *w.shape, np.random.default_rng(3))
+    return raw, gguf.quants.dequantize(raw, gt)
+
+
 @pytest.mark.parametrize("qtype", sorted(TRANSCODED))
 def test_transcode_is_bit_exact(qtype):
     """numpy and mx.dequantize of the transcoded weight equal the ggml reference bit for bit."""
-    q = quantize(awkward_matrix(np.random.default_rng(1)), qtype)
-    ref = dequantize_raw(q.data, qtype, q.shape)
-    parts = transcode(qtype, q.data, q.shape)
+    raw, ref = quantized(awkward_matrix(np.random.default_rng(1)), qtype)
+    parts = transcode(qtype, raw, ref.shape)
     assert parts.codes.shape == (24, 512 * parts.bits // 32) and parts.group == 32
     np.testing.assert_array_equal(parts.dequantize(), ref)
     got = mx.dequantize(mx.array(parts.codes), mx.array(parts.scales), mx.array(parts.biases),
@@ -202,6 +218,17 @@ def test_quantized_logits_match_numpy(tiny_gguf, qtype, capsys):
     assert {h for _, h in b.loaded.values()} == {how}
     noted = capsys.readouterr().err
     assert ("Q6_K tensors dequantized to float32" in noted) == (qtype == "Q6_K")
+
+
+@pytest.mark.parametrize("qtype,how", [("Q4_0", "transcoded"), ("Q5_1", "transcoded"), ("IQ4_NL", "transcoded"),
+                                        ("TQ1_0", "transcoded"), ("IQ4_XS", "dense"), ("IQ2_S", "dense")])
+def test_llama_cpp_types_match_numpy(tiny_gguf, tmp_path, qtype, how):
+    """Files in the types only llama.cpp writes: exact transcodes (or a dense dequantization for the
+    lattice types and IQ4_XS), so the logits equal the numpy reference's up to float32 summation."""
+    path = write_llamacpp_copy(tiny_gguf("llama", "F32"), tmp_path / f"{qtype}.gguf", qtype)
+    got, ref, b = both_logits(path)
+    assert rel_err(got, ref) <= 1e-4
+    assert {h for _, h in b.loaded.values()} == {how}
 
 
 def test_qwen2_q4_k_and_default_kv_cache(tiny_gguf):

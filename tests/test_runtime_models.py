@@ -16,6 +16,7 @@ import pytest
 import edgeslim
 from edgeslim.runtime.api import Model
 
+from _llamacpp_files import write_llamacpp_copy  # noqa: E402  (tests/ helper)
 from conftest import GEMMA3, GEMMA3_DEFAULT
 
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
@@ -219,37 +220,25 @@ def test_numpy_quantized_model_is_close_to_f32(tiny_gguf):
     assert 0 < rel_l2(q8.logits(ids), f32.logits(ids)) <= 2e-2
 
 
-def write_q4_0_copy(src: Path, dst: Path) -> Path:
-    """src with every 2-D weight re-quantized to Q4_0 by gguf-py (a type edgeslim never writes)."""
-    import gguf
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q5_1", "IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ3_S", "IQ1_S", "TQ1_0"])
+def test_llama_cpp_only_types_run_on_both_backends(tiny_gguf, tmp_path, qtype):
+    """Types only llama.cpp writes run natively in the numba backend (no float32 expansion, no
+    warning), within int8-activation accuracy of the numpy backend (which dequantizes with gguf-py)."""
+    import warnings
 
-    reader = gguf.GGUFReader(src)
-    writer = gguf.GGUFWriter(dst, arch=str(reader.fields["general.architecture"].contents()))
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        writer.add_key_value(name, field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
-    for t in reader.tensors:
-        w = np.asarray(t.data, dtype=np.float32).reshape(tuple(int(d) for d in reversed(t.shape)))
-        if w.ndim == 2 and t.name.endswith(".weight"):
-            writer.add_tensor(t.name, gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_0),
-                              raw_dtype=gguf.GGMLQuantizationType.Q4_0)
-        else:
-            writer.add_tensor(t.name, w)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return dst
-
-
-def test_llama_cpp_only_types_run_on_both_backends(tiny_gguf, tmp_path):
-    """Q4_0 has no numba kernel: numpy dequantizes it with gguf-py, numba runs it as float32 (and warns)."""
-    path = write_q4_0_copy(tiny_gguf("llama"), tmp_path / "q4_0.gguf")
+    path = write_llamacpp_copy(tiny_gguf("llama"), tmp_path / f"{qtype}.gguf", qtype)
     ref = edgeslim.load(path, backend="numpy", kv_dtype="float32")
-    with pytest.warns(UserWarning, match="no numba kernel for Q4_0"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         fast = edgeslim.load(path, backend="numba", kv_dtype="float32")
-    f32 = edgeslim.load(tiny_gguf("llama"), backend="numpy", kv_dtype="float32")
+    layer = fast._backend.layers[0]
+    assert {p.qtype for k, p in layer.items() if hasattr(p, "qtype")} == {qtype}
     ids = random_ids(ref, 24, seed=7)
-    assert rel_err(fast.logits(ids), ref.logits(ids)) <= 1e-4
-    assert 0 < rel_l2(ref.logits(ids), f32.logits(ids)) <= 0.2  # 4-bit, but the same model
+    # int8 activations: per mat-vec ~0.5-0.7% relative L2 for all four types (as Q4_K); through this
+    # random model's layers the logits end 1-3.4% apart (IQ4_XS's random sub-block scales make the
+    # most uneven weights); a layout error gives ~1
+    assert rel_l2(fast.logits(ids), ref.logits(ids)) <= 5e-2
+    assert rel_l2(step_logits(fast, ids[:8]), step_logits(ref, ids[:8])) <= 5e-2
+    if qtype == "Q4_0":  # quantized from the F32 model: still the same model
+        f32 = edgeslim.load(tiny_gguf("llama"), backend="numpy", kv_dtype="float32")
+        assert 0 < rel_l2(ref.logits(ids), f32.logits(ids)) <= 0.2

@@ -2,10 +2,11 @@
 
 Weights, once at load (`load_weight`):
     AFFINE{b}_G{g}     codes, scales and biases go to mx.quantized_matmul as stored (no repacking)
-    Q8_0, Q4_K, Q5_K   re-laid out exactly as MLX affine, group 32 (`mlx_transcode.py`)
-    anything else      (Q6_K, Q3_K, Q2_K, F16, BF16, F32, llama.cpp's legacy types) dequantized
-                       with the numpy references into dense `dtype` arrays; the quantized ones
-                       among them are named once on stderr and in `backend.notes`
+    Q8_0, Q4_K, Q5_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, TQ1_0, TQ2_0
+                       re-laid out exactly as MLX affine, group 32 (`mlx_transcode.py`)
+    anything else      (Q6_K, Q3_K, Q2_K, IQ4_XS and the lattice IQ types, F16, BF16, F32)
+                       dequantized once with the numpy references into dense `dtype` arrays;
+                       the quantized ones among them are named once on stderr and in `backend.notes`
 Scales and biases take the activation dtype when that holds them exactly, else float32
 (MLX then computes that matmul in float32; `exact_scales=False` rounds them instead).
 
@@ -108,7 +109,7 @@ class DenseWeight:
 
 
 def affine_parts(src: WeightSource) -> AffineParts | None:
-    """The weight in MLX's affine layout when it is (AFFINE*) or maps exactly (Q8_0/Q4_K/Q5_K), else None."""
+    """The weight in MLX's affine layout when it is (AFFINE*) or maps exactly (TRANSCODED types), else None."""
     aff = parse_affine(src.qtype)
     if aff:
         rows = src.shape[0]

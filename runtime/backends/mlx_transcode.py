@@ -2,18 +2,31 @@
 
 `mx.quantized_matmul` multiplies by w = s * q + b, one (s, b) per group of
 `group` weights and q a `bits`-bit code in MLX's packed uint32 stream (the
-AFFINE{bits}_G{group} layout, drawn in `edgeslim/quants/affine.py`). Three ggml
+AFFINE{bits}_G{group} layout, drawn in `edgeslim/quants/affine.py`). These ggml
 types are already that form with groups of 32, so they are re-laid out, not
 re-quantized:
 
-    Q8_0  w = d * q            q int8       code q + 128 (= stored byte ^ 0x80)   s = d      b = -128 d       8 bits
-    Q4_K  w = (d*sc_j) * q - dmin*m_j       code q                                s = d*sc_j b = -(dmin*m_j)  4 bits
-    Q5_K  as Q4_K with 5-bit codes                                                                            5 bits
-          (j = the 32-weight sub-block; d, dmin fp16; sc, m six-bit; block layouts in edgeslim/quants/q4_k.py)
+    Q8_0   w = d * q            q int8       code q + 128 (= stored byte ^ 0x80)   s = d      b = -128 d       8 bits
+    Q4_K   w = (d*sc_j) * q - dmin*m_j       code q                                s = d*sc_j b = -(dmin*m_j)  4 bits
+    Q5_K   as Q4_K with 5-bit codes                                                                            5 bits
+           (j = the 32-weight sub-block; d, dmin fp16; sc, m six-bit; block layouts in edgeslim/quants/q4_k.py)
+    Q4_0   w = d * (q - 8)      code q                                             s = d      b = -8 d         4 bits
+    Q4_1   w = d * q + m        code q                                             s = d      b = m            4 bits
+    Q5_0   w = d * (q - 16)     code q                                             s = d      b = -16 d        5 bits
+    Q5_1   w = d * q + m        code q                                             s = d      b = m            5 bits
+    IQ4_NL w = d * kv[q]        code kv[q] + 128                                   s = d      b = -128 d       8 bits
+    TQ1_0  w = d * (q - 1)      code q in {0, 1, 2} (one d per 256: 8 equal groups) s = d     b = -d           2 bits
+    TQ2_0  as TQ1_0
+           (element-order codes from runtime/blocks.py)
+
+The other IQ types (lattice grids, IQ4_XS's 6-bit sub-scales times a table) have no
+exact affine form in MLX's bit widths; the backend dequantizes them once at load.
 
 Exactness, in float32 (the arithmetic of MLX's CPU path and of the numpy references):
   Q8_0   d has 11 significant bits and a code 8, so s*code is exact; s*code + b = d*q is
-         representable, so the sum is exact too: equal to ggml's d*q (also exact).
+         representable, so the sum is exact too: equal to ggml's d*q (also exact).  The same
+         holds for Q4_0, Q5_0, IQ4_NL (d * small integer) and the ternary types (d * {-1, 0, 1}).
+  Q4_1/5_1 s*code = d*q exact, then one rounding of + m, as ggml's (d * q) + m.
   Q4_K/5 s = d*sc needs at most 17 bits and s*code at most 22 (< 24): both exact; b =
          -(dmin*m) is exact; the one rounding left is the final add, the same rounding
          ggml's (d*sc)*code - dmin*m makes. So the dequantized weights are bit-identical.
@@ -33,9 +46,12 @@ from ...quants import affine
 from ...quants._common import fp16_from_bytes
 from ...quants.q4_k import _unpack_nibbles, unpack_scales
 from ...tables import block_fields, quant_info
+from .. import blocks as gb
+from .. import grids
 
 GROUP = 32  # every transcoded type has one scale per 32 weights
-TRANSCODED = {"Q8_0": 8, "Q4_K": 4, "Q5_K": 5}  # ggml type -> MLX code bits
+TRANSCODED = {"Q8_0": 8, "Q4_K": 4, "Q5_K": 5, "Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "IQ4_NL": 8,
+              "TQ1_0": 2, "TQ2_0": 2}  # ggml type -> MLX code bits
 CHUNK_WEIGHTS = 1 << 20  # rows are transcoded in chunks of about this many weights (bounds temporaries)
 
 _Q8, _Q4K, _Q5K = block_fields("Q8_0"), block_fields("Q4_K"), block_fields("Q5_K")  # byte ranges in a block
@@ -94,8 +110,37 @@ def _k_quant(blocks: np.ndarray, bits: int):
     return codes, d * sc.astype(np.float32), -(dmin * m.astype(np.float32))
 
 
+def _legacy(blocks: np.ndarray, qtype: str):
+    """(B, bytes) Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL -> codes (B, 32) uint8, scales, biases (B, 1) float32."""
+    f = gb.fields(blocks, qtype)
+    d = gb.f16(f["d"])[:, None]
+    q = gb.legacy_codes(f, qtype)
+    if qtype == "IQ4_NL":
+        return (grids.iq4nl_values().astype(np.int16)[q] + 128).astype(np.uint8), d, np.float32(-128) * d
+    if "m" in f:
+        return q, d, gb.f16(f["m"])[:, None]
+    return q, d, -np.float32(1 << (TRANSCODED[qtype] - 1)) * d  # Q4_0: -8 d, Q5_0: -16 d
+
+
+def _ternary(blocks: np.ndarray, qtype: str):
+    """(B, bytes) TQ1_0/TQ2_0 -> codes (B, 256), scales, biases (B, 8): d and -d for each group of 32."""
+    f = gb.fields(blocks, qtype)
+    d = np.repeat(gb.f16(f["d"])[:, None], 256 // GROUP, axis=1)
+    return gb.ternary_codes(f, qtype), d, -d
+
+
+def _unpack(qtype: str, blocks: np.ndarray, bits: int):
+    if qtype == "Q8_0":
+        return _q8_0(blocks)
+    if qtype in ("Q4_K", "Q5_K"):
+        return _k_quant(blocks, bits)
+    if qtype.startswith("TQ"):
+        return _ternary(blocks, qtype)
+    return _legacy(blocks, qtype)
+
+
 def transcode(qtype: str, raw: np.ndarray, shape: tuple[int, int]) -> AffineParts:
-    """Re-lay a Q8_0 / Q4_K / Q5_K tensor (its GGUF bytes, `shape` = (rows, cols)) as MLX affine, exactly."""
+    """Re-lay a tensor of a TRANSCODED type (its GGUF bytes, `shape` = (rows, cols)) as MLX affine, exactly."""
     bits = TRANSCODED[qtype]
     rows, cols = shape
     info = quant_info(qtype)
@@ -111,7 +156,7 @@ def transcode(qtype: str, raw: np.ndarray, shape: tuple[int, int]) -> AffinePart
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         b = blocks[r0:r1].reshape(-1, info.block_bytes)
-        q, s, o = _q8_0(b) if qtype == "Q8_0" else _k_quant(b, bits)
+        q, s, o = _unpack(qtype, b, bits)
         codes[r0:r1] = pack_codes(q.reshape(r1 - r0, cols), bits)
         scales[r0:r1] = s.reshape(r1 - r0, -1)
         biases[r0:r1] = o.reshape(r1 - r0, -1)

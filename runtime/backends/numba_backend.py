@@ -13,15 +13,15 @@ call) RoPE + cache store + attention run as numba functions (`cpu_ops`); longer
 prompts use the shared numpy attention of `CPUBackend`, which writes the same
 fp16 bits to the same cache.
 
-Memory: once every weight is packed, the mapped file pages are released with
-madvise(MADV_DONTNEED) so that the packed copy is what stays resident (pages
-the packed form still references are simply faulted back in from the page
-cache).
+Memory: each weight's mapped pages are released with madvise(MADV_DONTNEED)
+right after it is packed, so the file and the packed copy are never both
+resident (pages the packed form still references are simply faulted back in
+from the page cache).  Every ggml type runs natively; nothing is expanded to
+float32.
 """
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 
@@ -65,7 +65,6 @@ from ...errors import UnsupportedError  # noqa: E402
 from .. import cpu_ops, kernels  # noqa: E402
 from ..loader import ModelFile, WeightSource  # noqa: E402
 from .base import CPUBackend  # noqa: E402
-from .numpy_backend import dequantize_source  # noqa: E402
 
 # Up to this many tokens per forward call attention runs in `cpu_ops.attend_f16`; beyond
 # it the numpy attention (BLAS matmuls over the whole prompt) is faster.
@@ -80,21 +79,18 @@ class NumbaBackend(CPUBackend):
     name = "numba"
 
     def __init__(self, model: ModelFile, kv_dtype="float16"):
-        self.fallback_types: set[str] = set()
         super().__init__(model, kv_dtype)
         self.model.gguf.drop_pages()
 
     def prepare(self, src: WeightSource):
+        """The weight packed for the kernels; its mapped pages are released at once, so the file and
+        its packed copy are never both resident (peak RSS stays near one copy of the weights)."""
         try:
-            return kernels.prepare(src.qtype, src.data, src.shape, scales=src.scales, biases=src.biases)
-        except UnsupportedError:
-            # a type with no kernel (llama.cpp's Q4_0, Q5_1, ...): run it as F32, once per type warned
-            if src.qtype not in self.fallback_types:
-                self.fallback_types.add(src.qtype)
-                warnings.warn(f"{self.model.path}: no numba kernel for {src.qtype}; those weights run as float32 "
-                              "(more memory, slower); re-quantize with edgeslim convert for speed", stacklevel=4)
-            w = np.ascontiguousarray(dequantize_source(src), dtype=np.float32)  # (rows, cols)
-            return kernels.prepare("F32", w.reshape(-1).view(np.uint8), src.shape)
+            packed = kernels.prepare(src.qtype, src.data, src.shape, scales=src.scales, biases=src.biases)
+        except UnsupportedError as err:
+            raise UnsupportedError(f"{self.model.path}: {src.name}: {err}") from None
+        self.model.release(src)
+        return packed
 
     def _load_block(self, bid: int) -> dict:
         layer = super()._load_block(bid)

@@ -23,8 +23,12 @@ edgeslim/tables.py, its kernel in one family module):
     driver.py   activation quantization, prange mat-vec, tiled BLAS prefill, API
     planes.py   plane formats and numpy repack helpers
     grouped.py  shared body of the per-group-scale families
-    kquant.py   Q2_K..Q6_K          legacy.py  Q8_0 (32-wide ggml blocks)
+    kquant.py   Q2_K..Q6_K          legacy.py  Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL (32-wide)
     affine.py   AFFINE{b}_G{g}      floats.py  F16, BF16, F32
+    iq4xs.py    IQ4_XS (in place)   ternary.py TQ1_0, TQ2_0 (in place)
+    lattice.py  IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M (in place, grids in module constants)
+    superblock.py  shared body of the 256-weight super-block families
+    (../grids.py: IQ code tables and lattice grids; ../blocks.py: element-order block unpacking)
 
 Accuracy: int8 activations give a relative error of about 0.5% of the row's
 dot-product scale (|error| <~ sum_i |w_i x_i| / 254 per block, averaging down);
@@ -32,7 +36,7 @@ llama.cpp quantizes activations the same way (Q8_K / Q8_0).
 """
 from __future__ import annotations
 
-from . import affine, floats, kquant, legacy  # noqa: F401  (register the families)
+from . import affine, floats, iq4xs, kquant, lattice, legacy, ternary  # noqa: F401  (register the families)
 from .driver import (SMALL_T_8BIT, SMALL_T_FLOAT, SMALL_T_QUANT, TILE_ELEMS, Packed, concat_rows,
                      dequantize, embed_rows, linear, prepare)
 from .emit import USE_AVX2

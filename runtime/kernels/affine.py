@@ -26,7 +26,7 @@ from ...errors import FormatError
 from ...tables import AFFINE_BITS, AFFINE_GROUPS, affine_name, parse_affine
 from . import grouped
 from . import planes as pl
-from .emit import I8, E, V
+from .emit import I8, I32, E, V
 from .spec import Spec, register
 
 FAMILY = "aff"
@@ -38,7 +38,7 @@ def specs():
     for bits in AFFINE_BITS:
         for g in AFFINE_GROUPS:
             u = UNIT[bits]
-            out.append(Spec(affine_name(bits, g), FAMILY, bits, u, g, g, g, stride=u // 32))
+            out.append(Spec(affine_name(bits, g), FAMILY, bits, u, g, g, g, stride=u // 32, signed=bits == 8))
     return out
 
 
@@ -61,7 +61,7 @@ def _mlx_codes(codes: np.ndarray, bits: int, cols: int) -> np.ndarray:
 
 
 def repack(spec: Spec, data, rows: int, cols: int, scales=None, biases=None):
-    """MLX affine (codes, f16 scales, f16 biases) -> (planes, colsp, perm)."""
+    """MLX affine (codes, f16 scales, f16 biases) -> (planes, colsp)."""
     bits, group = parse_affine(spec.name)
     unit = UNIT[bits]
     if scales is None or biases is None:
@@ -75,22 +75,21 @@ def repack(spec: Spec, data, rows: int, cols: int, scales=None, biases=None):
     colsp = -(-cols // unit) * unit
     sc = pl.pad_groups(np.asarray(scales).reshape(-1).view(np.float16).reshape(rows, ng), colsp // group)
     bi = pl.pad_groups(np.asarray(biases).reshape(-1).view(np.float16).reshape(rows, ng), colsp // group)
-    idx = np.arange(colsp).reshape(colsp // unit, 32, unit // 32)
-    perm = None if unit == 32 else idx.transpose(0, 2, 1).reshape(colsp)  # kernel position -> element
     if bits in (2, 4, 8) and colsp == cols:
-        return pl.planes(raw, None, sc, bi), colsp, perm  # MLX's stream is already the plane (module doc)
+        return pl.planes(raw, None, sc, bi), colsp  # MLX's stream is already the plane (module doc)
     q = _mlx_codes(raw, bits, cols)
     if colsp != cols:
         q = np.pad(q, ((0, 0), (0, colsp - cols)))
     if bits == 8:
-        return pl.planes(q, None, sc, bi), colsp, perm
+        return pl.planes(q, None, sc, bi), colsp
     low = min(bits, 4 if bits >= 4 else 2)  # 2, 3 -> crumb low plane; 4, 5, 6 -> nibble low plane
     p0 = pl.pack_field(q, unit, 0, low)
     p1 = pl.pack_field(q, unit, low, bits - low) if bits > low else None
-    return pl.planes(p0, p1, sc, bi), colsp, perm
+    return pl.planes(p0, p1, sc, bi), colsp
 
 
 x_widths = grouped.x_widths
+x_order = grouped.x_order
 
 
 # ----------------------------------------------------------------------------- decoding (LLVM IR)
@@ -115,6 +114,30 @@ def codes(spec: Spec, e: E, P, u):
         return [b.or_(e.nib(p0, e.add(e.mul(u, 64), 32 * (c // 2)), c % 2), e.crumb(p1, e.mul(u, 32), c, pos=4))
                 for c in range(S)]
     raise AssertionError(bits)
+
+
+def tail_unit(spec: Spec):
+    """(elements, stride) of the tail units: the same units (rows are padded to whole units)."""
+    return spec.unit, spec.stride
+
+
+def tail_codes(spec: Spec, e: E, P, nblk, i):
+    return codes(spec, e, P, e.add(e.mul(nblk, 8 * spec.group // spec.unit), i))
+
+
+def has_bias(spec: Spec) -> bool:
+    return True
+
+
+def stored_bias(spec: Spec) -> bool:
+    """Dequantization adds the biases of plane p3."""
+    return True
+
+
+def deq_int(spec: Spec, e: E, q):
+    if spec.bits == 8:
+        q = e.b.xor(q, e.k(q.type, 0x80))  # undo the kernel's shift
+    return e.b.zext(q, V(I32, 32))
 
 
 def bias8(spec: Spec, e: E, P, g8):

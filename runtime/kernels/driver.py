@@ -37,21 +37,24 @@ TILE_ELEMS = 1 << 22  # float32 weights per dequantized tile on the prefill path
 TILE_MIN_ROWS = 64
 
 
-@njit(cache=True, fastmath=True)
-def _quant_x(x, xblk, sgroup, stride, unit, xq, xd, xs):
+@njit(cache=True)
+def _quant_x(x, xblk, sgroup, unit, order, xq, xd, xs):
     """x (T, colsp) float32 -> int8 codes per block of xblk (max-abs / 127 scale),
     block scales xd (T, >= colsp/xblk), float sums xs (T, >= colsp/sgroup) of x per
-    sgroup (entries past the data zeroed), codes interleaved per unit (chunk c,
-    lane j <- element j*stride + c).  Rounds half away from zero."""
+    sgroup (entries past the data zeroed), codes in kernel order: within each whole
+    unit, position k holds element order[k] (no reordering when order is empty; a
+    last partial unit stays in stored order).  Rounds half away from zero.  No fastmath: every
+    compiled copy must round the same way (it vectorizes without: the max is an integer max)."""
     T, n = x.shape
-    tmp = np.empty(n if stride > 1 else 0, np.int8)
+    reorder = order.shape[0] > 0
+    tmp = np.empty(n if reorder else 0, np.int8)
     bits = x.view(np.int32)  # max |x| as an integer max over the bit patterns: vectorizes (a float max does not)
     cell = np.empty(1, np.int32)
     cellf = cell.view(np.float32)
     for t in range(T):
         xt = x[t]
         bt = bits[t]
-        dst = tmp if stride > 1 else xq[t]
+        dst = tmp if reorder else xq[t]
         for blk in range(n // xblk):
             i0 = blk * xblk
             m = np.int32(0)
@@ -70,25 +73,27 @@ def _quant_x(x, xblk, sgroup, stride, unit, xq, xd, xs):
             xd[t, blk] = 0.0
         # sums of the *quantized* activations (like ggml's Q8_K bsums): the offset term
         # (mins, biases, Q6_K's -32) then cancels the rounding error of the code term
-        # instead of adding it back through exact float sums.
+        # instead of adding it back through exact float sums.  Summed as integers (a group
+        # lies inside one activation block), so no float reassociation can change them.
         for g in range(n // sgroup):
-            s = np.float32(0.0)
+            si = np.int32(0)
             for i in range(sgroup):
-                j = g * sgroup + i
-                s += np.float32(dst[j]) * xd[t, j // xblk]
-            xs[t, g] = s
+                si += np.int32(dst[g * sgroup + i])
+            xs[t, g] = np.float32(si) * xd[t, (g * sgroup) // xblk]
         for g in range(n // sgroup, xs.shape[1]):
             xs[t, g] = 0.0
-        if stride > 1:
+        if reorder:
             xqt = xq[t]
-            for u0 in range(0, n, unit):
-                for c in range(stride):
-                    for j in range(32):
-                        xqt[u0 + c * 32 + j] = tmp[u0 + j * stride + c]
+            nmain = n - n % unit
+            for u0 in range(0, nmain, unit):
+                for k in range(unit):
+                    xqt[u0 + k] = tmp[u0 + order[k]]
+            for i in range(nmain, n):
+                xqt[i] = tmp[i]
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _matvec(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, stride, unit):
+def _matvec(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, unit, order):
     """(T, rows) = x W^T.  Quantizes x into (xq, xd, xs) when xblk > 0 (float
     weights, xblk == 0, read x itself as xs), then TMAX activations per pass,
     parallel over rows.  np.empty only: a numba np.zeros would be its own parfor."""
@@ -99,7 +104,7 @@ def _matvec(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, stride,
     xs = x
     if xblk > 0:
         xs = np.empty((T, ns), np.float32)
-        _quant_x(x, xblk, sgroup, stride, unit, xq, xd, xs)
+        _quant_x(x, xblk, sgroup, unit, order, xq, xd, xs)
     for t0 in range(0, T, TMAX):
         t1 = min(T, t0 + TMAX)
         xq_, xd_, xs_, y_ = xq[t0:t1], xd[t0:t1], xs[t0:t1], y[t0:t1]
@@ -140,7 +145,9 @@ class Packed:
         self._entries = {}
         self._single = variant(self.spec, batched=False)
         self._batched = variant(self.spec, batched=True)
-        self._x_widths = family(self.spec).x_widths(self.spec, self.colsp, self.planes)
+        fam = family(self.spec)
+        self._x_widths = fam.x_widths(self.spec, self.colsp, self.planes)
+        self._order = _x_order(self.spec)
 
     @property
     def nbytes(self) -> int:
@@ -150,6 +157,29 @@ class Packed:
         """The same weights run through the portable (non-x86-intrinsic) kernel variant."""
         sp = variant(self.spec, portable=portable)
         return Packed(self.qtype, self.shape, sp, self.planes, self.colsp, self.perm, self._inv)
+
+
+_NO_ORDER = np.zeros(0, np.int64)
+_ORDERS: dict[str, np.ndarray] = {}
+
+
+def _x_order(spec: Spec) -> np.ndarray:
+    """The family's kernel order inside a unit (kernel position -> element), or an empty array."""
+    if spec.name not in _ORDERS:
+        order = getattr(family(spec), "x_order", lambda s: None)(spec)
+        _ORDERS[spec.name] = _NO_ORDER if order is None else np.ascontiguousarray(order, np.int64)
+    return _ORDERS[spec.name]
+
+
+def _perm(spec: Spec, colsp: int) -> np.ndarray | None:
+    """Kernel position -> element over a whole row (whole units reordered, a partial last unit not)."""
+    order = _x_order(spec)
+    if order.size == 0:
+        return None
+    nmain = colsp - colsp % spec.unit
+    perm = np.arange(colsp)
+    perm[:nmain] = (np.arange(0, nmain, spec.unit)[:, None] + order[None, :]).reshape(-1)
+    return perm
 
 
 def _canonical(qtype: str) -> str:
@@ -171,7 +201,8 @@ def prepare(qtype: str, data, shape, scales=None, biases=None) -> Packed:
     if name not in BASE:
         raise UnsupportedError(f"no CPU kernel for weight type {name}; re-convert the model with a supported type")
     spec = BASE[name]
-    planes, colsp, perm = family(spec).repack(spec, data, rows, cols, scales, biases)
+    planes, colsp = family(spec).repack(spec, data, rows, cols, scales, biases)
+    perm = _perm(spec, colsp)
     inv = None if perm is None else np.argsort(perm)
     return Packed(name, (rows, cols), spec, planes, colsp, perm, inv)
 
@@ -214,7 +245,7 @@ def _matvec_small(p: Packed, x: np.ndarray) -> np.ndarray:
     nq, nd, ns = p._x_widths
     batched = x.shape[0] > 1
     return _fast_call(p, ("mv", batched), _matvec, p._batched if batched else p._single, *p.planes, x,
-                      p.shape[0], nq, nd, ns, sp.xblk, sp.sgroup, sp.stride, sp.unit)
+                      p.shape[0], nq, nd, ns, sp.xblk, sp.sgroup, sp.unit, p._order)
 
 
 def _dequant_kernel_order(p: Packed, ids: np.ndarray) -> np.ndarray:

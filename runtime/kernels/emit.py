@@ -65,6 +65,10 @@ class E:
             return ir.Constant(ty, [v] * ty.count)
         return ir.Constant(ty, v)
 
+    def vec(self, ty, vals):
+        """Constant vector of type ty with the given lane values."""
+        return ir.Constant(ty, [int(v) if isinstance(ty.element, ir.IntType) else float(v) for v in vals])
+
     def i(self, v):
         return v if isinstance(v, ir.Value) else ir.Constant(I64, int(v))
 
@@ -120,6 +124,24 @@ class E:
     def bit(self, base, off, k, pos):
         return self.bits_at(self.ld(base, off, V(I8, 32)), k, 1, pos)
 
+    def shr_var(self, q, amount):
+        """Each lane of q shifted right by the i64 value `amount` (the same for all lanes)."""
+        a = self.b.trunc(self.i(amount), q.type.element)
+        return self.b.lshr(q, self.splat(a, q.type.count))
+
+    def lut16(self, table, idx):
+        """<32 x i8> of table[idx] for 4-bit indices idx (table: 16 ints in -128..127):
+        one vpshufb on AVX2, else a select tree over the index bits."""
+        if not self.portable:
+            t = ir.Constant(V(I8, 32), [int(v) & 0xFF for v in list(table) * 2])
+            f = self.fn("llvm.x86.avx2.pshuf.b", V(I8, 32), [V(I8, 32), V(I8, 32)])
+            return self.b.call(f, [t, idx])
+        vals = [self.k(idx.type, int(v) & 0xFF) for v in table]
+        for bit in range(4):
+            m = self.b.icmp_unsigned("!=", self.b.and_(idx, self.k(idx.type, 1 << bit)), self.k(idx.type, 0))
+            vals = [self.b.select(m, vals[2 * i + 1], vals[2 * i]) for i in range(len(vals) // 2)]
+        return vals[0]
+
     # -- integer dot steps
     def maddubs(self, u8, s8):
         """<32 x u8> * <32 x s8> -> <16 x i16> pair sums (never saturates for our ranges)."""
@@ -148,6 +170,14 @@ class E:
         """<16 x i16> -> element c of each 128-bit half broadcast across that half
         (an in-lane pattern: one vpshufb, or a vpbroadcastw when both halves agree)."""
         return self.shuf(v, [c] * 8 + [8 + c] * 8)
+
+    def sign(self, x8, s8):
+        """x8 with the sign of s8 applied: x * sign(s) per lane (vpsignb; 0 where s is 0)."""
+        if not self.portable:
+            return self.b.call(self.fn("llvm.x86.avx2.psign.b", V(I8, 32), [V(I8, 32), V(I8, 32)]), [x8, s8])
+        z = self.k(x8.type, 0)
+        neg = self.b.select(self.b.icmp_signed("<", s8, z), self.b.sub(z, x8), x8)
+        return self.b.select(self.b.icmp_signed("==", s8, z), z, neg)
 
     def sign_dot(self, w8, x8):
         """Signed <32 x i8> . <32 x i8> -> <16 x i16>, via |w| * (x with w's sign)."""

@@ -36,7 +36,7 @@ def repack(spec: Spec, data, rows: int, cols: int, scales=None, biases=None):
     raw = raw.reshape(rows, cols * size)
     if colsp != cols:
         raw = np.pad(raw, ((0, 0), (0, (colsp - cols) * size)))
-    return pl.planes(raw), colsp, None
+    return pl.planes(raw), colsp
 
 
 def x_widths(spec: Spec, colsp: int, planes):

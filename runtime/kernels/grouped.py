@@ -1,24 +1,29 @@
 """The shared row body of the "one float scale per small group" families (affine, legacy 32-wide).
 
-A row is a sequence of *units* (U = 32*S elements, S chunk code vectors of
-<32 x i8> each, decoded by the family's `codes(spec, e, P, u)`), with one f16
-scale per group of `spec.group` elements in plane p2 and, unless the codes
-are signed, a per-group bias given by the family's `bias8(spec, e, P, g8)`
-(8 groups from g8 on, as <8 x float>).  Activations are int8 per group with
-float sums per group:
+A row is a sequence of *units* of U = 32*S elements in a stride-S interleave
+(chunk c, lane j of a unit holds its element j*S + c; activations are permuted
+the same way), decoded by the family's `codes(spec, e, P, u)` into S chunk
+code vectors <32 x i8>.  Rows may end in a *tail* of smaller units (the
+family's `tail_unit`), decoded by `tail_codes(spec, e, P, nblk, i)`.  Plane p2
+holds one f16 scale per group of `spec.group` elements; when
+`has_bias(spec)`, the family's `bias8(spec, e, P, g8)` gives the per-group bias
+of 8 groups from g8 on.  `spec.signed`: the kernel codes are signed int8.
+Activations are int8 per group with float sums per group:
 
     y = sum_g s_g * dx_g * (codes_g . xq_g)  +  sum_g b_g * xsum_g
 
-Inner loop, per unit and activation: vpmaddubsw (vpsignb + vpmaddubsw for
-signed codes) per chunk, pair sums widened with vpmaddwd by ones (i16 sums
-are added first while they cannot overflow), int -> float, and one fma by
-the lanes' (scale x activation scale).  Blocks of NU units spanning exactly
-8 groups share one <8 x float> of those coefficients (one vcvtph2ps + vmulps),
-each unit picking its lanes with one shuffle.  The bias term runs once per
-row over the per-group sums.
+Inner loop, per unit and activation: vpmaddubsw per chunk (signed codes:
+vpabsb + vpsignb + vpmaddubsw), chunk pair sums added in i16 while they cannot
+overflow, widened by vpmaddwd with ones, int -> float, and one fma by the
+lanes' (scale x activation scale).  Blocks of NU units spanning exactly 8
+groups share one <8 x float> of those coefficients (vcvtph2ps + vmulps), each
+unit picking its lanes with one shuffle (the identity when S = 8 and groups
+are 32: lane l of the sum *is* group l).  The bias term runs once per row
+over the per-group sums.
 """
 from __future__ import annotations
 
+import numpy as np
 from numba.core import cgutils
 
 from . import planes as pl
@@ -29,47 +34,37 @@ from .spec import Spec
 
 def x_widths(spec: Spec, colsp: int, planes):
     """xq one per element, xd one scale per group, xs one sum per group (padded group count)."""
-    nxs = planes[2].shape[1] // 2 if not spec.signed else colsp // spec.sgroup
+    nxs = max(planes[2].shape[1] // 2, colsp // spec.sgroup)
     return colsp, max(colsp // spec.xblk, nxs), nxs
 
 
-def _lane_groups(spec: Spec) -> list[int]:
-    """For each i32 lane l of a unit's dot vector: which of the unit's groups it belongs to.
-
-    Lane l sums chunk lanes 4l..4l+3, i.e. elements (4l..4l+3)*S + c of the unit.
-    """
-    return [(4 * l * spec.stride) // spec.group for l in range(8)] if spec.unit >= spec.group else [0] * 8
-
-
-def _unit_groups(spec: Spec, e: E, u):
-    """(first group index of unit u, number of groups the unit spans)."""
-    if spec.unit >= spec.group:
-        return e.mul(u, spec.unit // spec.group), spec.unit // spec.group
-    return e.b.udiv(e.i(u), e.i(spec.group // spec.unit)), 1
+def x_order(spec: Spec):
+    """The stride-S interleave of a unit: chunk c, lane j holds element j*S + c (None when S = 1)."""
+    S = spec.stride
+    if S == 1:
+        return None
+    return np.arange(spec.unit).reshape(32, S).T.reshape(-1)
 
 
-def _coef(spec: Spec, e: E, base, g0, ng, xdb):
-    """<8 x float> of scale * activation-scale per dot lane, for groups g0 .. g0+ng-1."""
-    if ng == 1:
-        s = e.b.fpext(e.ld(base, e.mul(g0, 2), F16), F32)
-        return e.splat(e.b.fmul(s, e.ld(xdb, e.mul(g0, 4), F32)))
-    s = e.b.fmul(e.halves(base, e.mul(g0, 2), ng), e.ld(xdb, e.mul(g0, 4), V(F32, ng)))
-    return e.shuf(s, _lane_groups(spec))
+def _lane_groups(unit: int, stride: int, group: int, k: int = 0) -> list[int]:
+    """For each i32 lane l of the dot vector of unit k of a block: its group, counted from the
+    block's first group.  Lane l sums chunk lanes 4l..4l+3, elements k*U + (4l..4l+3)*S + c."""
+    return [(k * unit + 4 * l * stride) // group for l in range(8)]
 
 
 def _i16_budget(spec: Spec) -> int:
     """How many chunk pair-sums (<16 x i16>) may be added before widening, without overflow."""
-    per = 2 * 128 * 127 if spec.bits == 8 else 2 * ((1 << spec.bits) - 1) * 127
+    per = 2 * 128 * 127 if spec.signed else 2 * ((1 << spec.bits) - 1) * 127
     return max(1, 32767 // per)
 
 
-def _unit_isum(spec: Spec, e: E, u, codes, xqt):
-    """<8 x i32>: lane l = sum over the unit's chunk lanes 4l..4l+3 of code * x."""
+def _unit_isum(spec: Spec, e: E, x0, codes, xqt):
+    """<8 x i32>: lane l = sum over the chunks' lanes 4l..4l+3 of code * x (unit at element x0)."""
     b, budget = e.b, _i16_budget(spec)
     isum, part, n_part = None, None, 0
     for c, q in enumerate(codes):
-        x8 = e.ld(xqt, e.add(e.mul(u, spec.unit), 32 * c), V(I8, 32))
-        p = e.sign_dot(q, x8) if spec.bits == 8 else e.maddubs(q, x8)
+        x8 = e.ld(xqt, e.add(x0, 32 * c), V(I8, 32))
+        p = e.sign_dot(q, x8) if spec.signed else e.maddubs(q, x8)
         part = p if part is None else b.add(part, p)
         n_part += 1
         if n_part == budget or c == len(codes) - 1:
@@ -80,14 +75,13 @@ def _unit_isum(spec: Spec, e: E, u, codes, xqt):
 
 
 def row_body(spec: Spec, e: E, P, X, T, ncols, fam):
-    """Emit the row's accumulation (fam: the family module, for codes / bias8); returns finish(t)."""
+    """Emit the row's accumulation (fam: the family module); returns finish(t)."""
     b = e.b
     xq, xqs, xd, xds, xs, xss = X
     acc = Acc(e, spec, 2, T)
     U, S, Gs = spec.unit, spec.stride, spec.group
     NU = 8 * Gs // U
-    nunits = b.udiv(ncols, e.i(U))
-    nblk = b.udiv(nunits, e.i(NU))
+    nblk = b.udiv(ncols, e.i(8 * Gs))
     with cgutils.for_range(b, nblk) as loop:
         blk = loop.index
         s8 = e.halves(P[2], e.mul(blk, 16), 8)
@@ -99,63 +93,101 @@ def row_body(spec: Spec, e: E, P, X, T, ncols, fam):
             xqt = row_x(e, xq, xqs, t)
             a = [acc.get(t, 0), acc.get(t, 1)]
             for k in range(NU):
-                lanes = [(k * U + 4 * l * S) // Gs for l in range(8)]
-                isum = _unit_isum(spec, e, units[k], codes[k], xqt)
-                a[k % 2] = e.fma(e.shuf(coef8, lanes), e.cvt(isum), a[k % 2])
+                lanes = _lane_groups(U, S, Gs, k)
+                coef = coef8 if lanes == list(range(8)) else e.shuf(coef8, lanes)
+                isum = _unit_isum(spec, e, e.mul(units[k], U), codes[k], xqt)
+                a[k % 2] = e.fma(coef, e.cvt(isum), a[k % 2])
             acc.put(t, a[0], 0)
             acc.put(t, a[1], 1)
 
         over_t(spec, e, T, step)
-    # tail: units of the row's last (< 8) groups, one coefficient lookup per unit
-    with cgutils.for_range(b, b.sub(nunits, e.mul(nblk, NU))) as loop:
-        u = e.add(e.mul(nblk, NU), loop.index)
-        codes = fam.codes(spec, e, P, u)
-        g0, ng = _unit_groups(spec, e, u)
+    _tail(spec, e, P, X, T, ncols, fam, acc, nblk)
+    return lambda t: _finish(spec, e, P, X, ncols, fam, acc, t)
 
-        def tstep(t, u=u, codes=codes, g0=g0, ng=ng):
-            isum = _unit_isum(spec, e, u, codes, row_x(e, xq, xqs, t))
-            coef = _coef(spec, e, P[2], g0, ng, row_x(e, xd, xds, t))
+
+def _tail(spec: Spec, e: E, P, X, T, ncols, fam, acc, nblk):
+    """Units of the row's last (< 8) groups, one coefficient lookup per unit."""
+    b = e.b
+    xq, xqs, xd, xds, _, _ = X
+    TU, TS = fam.tail_unit(spec)
+    Gs = spec.group
+    x_start = e.mul(nblk, 8 * Gs)
+    with cgutils.for_range(b, b.udiv(b.sub(ncols, x_start), e.i(TU))) as loop:
+        i = loop.index
+        codes = fam.tail_codes(spec, e, P, nblk, i)
+        x0 = e.add(x_start, e.mul(i, TU))
+        if TU >= Gs:
+            g0, ng = b.udiv(x0, e.i(Gs)), TU // Gs
+        else:
+            g0, ng = b.udiv(x0, e.i(Gs)), 1
+
+        def tstep(t, x0=x0, codes=codes, g0=g0, ng=ng):
+            isum = _unit_isum(spec, e, x0, codes, row_x(e, xq, xqs, t))
+            xdb = row_x(e, xd, xds, t)
+            if ng == 1:
+                s = b.fpext(e.ld(P[2], e.mul(g0, 2), F16), F32)
+                coef = e.splat(b.fmul(s, e.ld(xdb, e.mul(g0, 4), F32)))
+            else:
+                s = b.fmul(e.halves(P[2], e.mul(g0, 2), ng), e.ld(xdb, e.mul(g0, 4), V(F32, ng)))
+                coef = e.shuf(s, _lane_groups(TU, TS, Gs))
             acc.put(t, e.fma(coef, e.cvt(isum), acc.get(t)))
 
         over_t(spec, e, T, tstep)
 
-    def finish(t):
-        y = e.hsum(b.fadd(acc.get(t, 0), acc.get(t, 1)))
-        if spec.signed:  # no bias
-            return y
-        xst = row_x(e, xs, xss, t)
-        bacc = cgutils.alloca_once_value(b, e.k(V(F32, 8), 0.0))
-        ngp = b.udiv(e.add(b.udiv(ncols, e.i(spec.group)), pl.PAD_GROUPS - 1), e.i(pl.PAD_GROUPS))
-        with cgutils.for_range(b, ngp) as gl:
-            g8 = e.mul(gl.index, 8)
-            b.store(e.fma(fam.bias8(spec, e, P, g8), e.ld(xst, e.mul(g8, 4), V(F32, 8)), b.load(bacc)), bacc)
-        return b.fadd(y, e.hsum(b.load(bacc)))
 
-    return finish
+def _finish(spec: Spec, e: E, P, X, ncols, fam, acc, t):
+    """y_t: the two accumulators summed, plus the bias term sum_g b_g * xsum_g (unsigned codes)."""
+    b = e.b
+    y = e.hsum(b.fadd(acc.get(t, 0), acc.get(t, 1)))
+    if not fam.has_bias(spec):
+        return y
+    xst = row_x(e, X[4], X[5], t)
+    bacc = cgutils.alloca_once_value(b, e.k(V(F32, 8), 0.0))
+    ngp = b.udiv(e.add(b.udiv(ncols, e.i(spec.group)), pl.PAD_GROUPS - 1), e.i(pl.PAD_GROUPS))
+    with cgutils.for_range(b, ngp) as gl:
+        g8 = e.mul(gl.index, 8)
+        b.store(e.fma(fam.bias8(spec, e, P, g8), e.ld(xst, e.mul(g8, 4), V(F32, 8)), b.load(bacc)), bacc)
+    return b.fadd(y, e.hsum(b.load(bacc)))
+
+
+# ----------------------------------------------------------------------------- dequantization
+def _deq_unit(spec: Spec, e: E, P, out, x0, codes, unit, stride, fam):
+    """Write one unit (element x0, `codes` in its interleave) dequantized, kernel order:
+    s * int + b, with the family's integer values (`deq_int`) and stored biases (`stored_bias`)."""
+    b, Gs = e.b, spec.group
+    g0 = b.udiv(x0, e.i(Gs))
+    ng = max(1, unit // Gs)
+    lane_g = [(j * stride) // Gs for j in range(32)] if ng > 1 else [0] * 32
+    s = e.shuf(e.halves(P[2], e.mul(g0, 2), ng), lane_g) if ng > 1 else \
+        e.splat(b.fpext(e.ld(P[2], e.mul(g0, 2), F16), F32), 32)
+    bb = None
+    if fam.stored_bias(spec):
+        bb = e.shuf(e.halves(P[3], e.mul(g0, 2), ng), lane_g) if ng > 1 else \
+            e.splat(b.fpext(e.ld(P[3], e.mul(g0, 2), F16), F32), 32)
+    for c, q in enumerate(codes):
+        w = b.fmul(b.sitofp(fam.deq_int(spec, e, q), V(F32, 32)), s)
+        if bb is not None:
+            w = b.fadd(w, bb)
+        e.st(out, e.mul(e.add(x0, 32 * c), 4), w)
 
 
 def deq_body(spec: Spec, e: E, P, out, ncols, fam):
-    """Exact dequantization, s * q + b per element (MLX's and ggml's d * q), kernel order."""
+    """Exact dequantization of a row, kernel order (main units, then the tail)."""
     b = e.b
-    lane_g = [(j * spec.stride) // spec.group for j in range(32)] if spec.unit >= spec.group else [0] * 32
-    with cgutils.for_range(b, b.udiv(ncols, e.i(spec.unit))) as loop:
+    U, Gs = spec.unit, spec.group
+    NU = 8 * Gs // U
+    nblk = b.udiv(ncols, e.i(8 * Gs))
+    with cgutils.for_range(b, b.mul(nblk, e.i(NU))) as loop:
         u = loop.index
-        codes = fam.codes(spec, e, P, u)
-        g0, ng = _unit_groups(spec, e, u)
-        if ng == 1:
-            s = e.splat(b.fpext(e.ld(P[2], e.mul(g0, 2), F16), F32), 32)
-            bb = None if spec.signed else e.splat(b.fpext(e.ld(P[3], e.mul(g0, 2), F16), F32), 32)
-        else:
-            s = e.shuf(e.halves(P[2], e.mul(g0, 2), ng), lane_g)
-            bb = e.shuf(e.halves(P[3], e.mul(g0, 2), ng), lane_g)
-        for c, q in enumerate(codes):
-            if spec.signed:
-                qi = b.sext(q, V(I32, 32))
-            elif spec.bits == 8:
-                qi = b.zext(b.xor(q, e.k(q.type, 0x80)), V(I32, 32))  # undo the kernel's shift
-            else:
-                qi = b.zext(q, V(I32, 32))
-            w = b.fmul(b.sitofp(qi, V(F32, 32)), s)
-            if bb is not None:
-                w = b.fadd(w, bb)
-            e.st(out, e.mul(e.add(e.mul(u, spec.unit), 32 * c), 4), w)
+        _deq_unit(spec, e, P, out, e.mul(u, U), fam.codes(spec, e, P, u), U, spec.stride, fam)
+    TU, TS = fam.tail_unit(spec)
+    x_start = e.mul(nblk, 8 * Gs)
+    with cgutils.for_range(b, b.udiv(b.sub(ncols, x_start), e.i(TU))) as loop:
+        i = loop.index
+        x0 = e.add(x_start, e.mul(i, TU))
+        _deq_unit(spec, e, P, out, x0, fam.tail_codes(spec, e, P, nblk, i), TU, TS, fam)
+
+
+def i32_of(spec: Spec, e: E, q):
+    """Default integer value of a code vector: sign- or zero-extended."""
+    return e.b.sext(q, V(I32, 32)) if spec.signed else e.b.zext(q, V(I32, 32))

@@ -1,19 +1,36 @@
 """K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): 256-weight super-blocks, integer sub-block scales.
 
-Planes (one row = the super-blocks' fields split apart, ggml's element order kept;
-field names as in `edgeslim.tables.GGML_FIELDS`, bit drawings in edgeslim/quants):
+    Q4_K/Q5_K  w = d * sc_j * q - dmin * m_j      32-weight groups, sc, m 6-bit     q 4/5-bit
+    Q2_K       w = d * sc_j * q - dmin * m_j      16-weight groups, sc, m 4-bit     q 2-bit
+    Q3_K       w = d * sc_j * (q - 4)             16-weight groups, sc signed       q 3-bit
+    Q6_K       w = d * sc_j * (q - 32)            16-weight groups, sc int8         q 6-bit
 
-    Q4_K  p0 qs (128 B/sb, nib)   p2 scales u8 x8   p3 mins u8 x8    p4 d, dmin f16
-    Q5_K  + p1 qh (32 B/sb, bit k = 5th bit of chunk k)
-    Q6_K  p0 ql (128 B, nib, ggml order)  p1 qh (64 B, crumb)  p2 scales i8 x16  p4 d f16
-    Q2_K  p0 qs (64 B, crumb)     p2 scale|min<<4 u8 x16          p4 d, dmin f16
-    Q3_K  p0 qs (64 B, crumb)     p1 hmask (32 B, bit)  p2 (scale-32) i8 x16  p4 d f16
+Codes are repacked at load into a stride-8 interleave per super-block (chunk c,
+lane j = element 8j + c; the activations are reordered the same way,
+`x_order`), so that in every chunk the i16 lane m of vpmaddubsw covers
+elements 16m + c and 16m + 8 + c: group m of 16, or group m // 2 of 32.  All 8
+chunks then add up in i16 (while they cannot overflow: Q2/Q3/Q4_K 8 chunks,
+Q5_K 4, Q6_K 2) and meet the super-block's scales in one vpmaddwd per partial
+sum: one <16 x i16> scale vector ([sc0, sc0, sc1, sc1, ...] for 32-groups,
+[sc0 .. sc15] for 16-groups; vpmaddwd pairs neighbouring groups, each with its
+own scale).  Planes (element codes in that order; field names of
+`tables.GGML_FIELDS`):
 
-Activations: int8 per 256 (like ggml's Q8_K) with float sums per scale group.
-One super-block costs, per activation, 8 x (vpmaddubsw codes x x8, vpmaddwd by
-the chunk's integer scales) into one <8 x i32>, then two float fmas: d*dx times
-that sum, and -dmin times (mins . group sums of the quantized activations).
-Signed-scale types (Q3_K, Q6_K) treat their code offset (4 or 32) as the min.
+    p0  low code bits: nib (Q4/5/6_K, 128 B/sb) or crumb (Q2/3_K, 64 B/sb) plane
+    p1  high bits: Q5_K bit plane (32 B), Q6_K crumb plane (64 B, bits 4-5), Q3_K bit plane (32 B, bit 2)
+    p2  scales: Q4/5_K u8 x8, Q2_K (scale | min << 4) u8 x16, Q3_K (sc - 32) int8 x16, Q6_K int8 x16
+    p3  Q4/5_K mins u8 x8      p4  d (and dmin) f16
+
+Per activation and super-block (Q4_K, AVX2): 8 vpmaddubsw + 7 vpaddw, one
+vpmaddwd by the scales, int -> float, one fma by d * dx, and the min term
+(-dmin * mins . group sums of the quantized activations, one fma).  Signed-
+scale types use the code offset as their min.  Activations: int8 per 256.
+Read from the generated assembly (Q4_K, host target znver5): about 50
+instructions per super-block: 4 code loads, 4 vpand + 4 vgf2p8affineqb
+(nibbles), 8 vpmaddubsw with the activations as memory operands, 7 vpaddw,
+one vpmaddwd by the scales (vmovq + vpunpcklbw + vpmovzxbw), the mins
+(vpmovzxbd, vcvtdq2ps, vmulps by the group sums), d and dmin (vcvtph2ps,
+vmovshdup, vbroadcastss), vfnmadd213ps and the final fma.
 """
 from __future__ import annotations
 
@@ -21,20 +38,23 @@ import sys
 
 import numpy as np
 from llvmlite import ir
-from numba.core import cgutils
 
 from ...tables import QK_K, quant_info
+from .. import blocks as gb
 from . import planes as pl
+from . import superblock
 from .emit import F16, F32, I8, I16, I32, E, V
-from .rows import Acc, over_t, row_x
 from .spec import Spec, register
+from .superblock import Block
 
 FAMILY = "kq"
 GROUP = {"Q2_K": 16, "Q3_K": 16, "Q4_K": 32, "Q5_K": 32, "Q6_K": 16}  # weights per integer scale
+_OFFSET = {"Q6_K": 32, "Q3_K": 4}  # w = d * sc * (q - offset)
+_SPLIT = {"Q2_K": (2, 0), "Q3_K": (2, 1), "Q4_K": (4, 0), "Q5_K": (4, 1), "Q6_K": (4, 2)}  # low, high bits
 
 
 def specs():
-    return [Spec(n, FAMILY, quant_info(n).bits, QK_K, g, QK_K, g) for n, g in GROUP.items()]
+    return [Spec(n, FAMILY, quant_info(n).bits, QK_K, g, QK_K, g, stride=8) for n, g in GROUP.items()]
 
 
 # ----------------------------------------------------------------------------- repack (numpy, at load)
@@ -68,127 +88,114 @@ def _scales_q3k(s: np.ndarray) -> np.ndarray:
     return ((lo | (hi << 4)).astype(np.int16) - 32).astype(np.int8)
 
 
-def repack(spec: Spec, data, rows: int, cols: int, scales=None, biases=None):
-    f = pl.fields(pl.blocks(data, spec.name, rows, cols), spec.name)
-    name = spec.name
+def _q4k_nib_plane(qs: np.ndarray) -> np.ndarray:
+    """Q4_K/Q5_K qs (rows, nsb, 128) -> the interleaved nib plane, nibble to nibble.
+
+    Byte j of vector v holds elements 8j + 2v (low) and 8j + 2v + 1 (high); with
+    j = 8g + 4h + i they are nibble h of the neighbouring bytes qs[32g + 8i + 2v] and
+    qs[32g + 8i + 2v + 1].  Works on half-byte-per-weight arrays (no code array).
+    """
+    rows, nsb = qs.shape[:2]
+    q = qs.reshape(rows, nsb, 4, 4, 4, 2)  # [g, i, v, pair]
+    a, b = q[..., 0], q[..., 1]
+    both = np.stack([(a & 0x0F) | (b << 4), (a >> 4) | (b & 0xF0)], axis=3)  # [g, h, i, v]
+    return np.ascontiguousarray(both.transpose(0, 1, 5, 2, 3, 4)).reshape(rows, nsb * 128)  # [v, g, h, i]
+
+
+def _repack_rows(f: dict, name: str):
+    """Block fields of some rows -> their five planes (module doc)."""
+    rows, nsb = f["d"].shape[:2]
+    low, high = _SPLIT[name]
+    if name in ("Q4_K", "Q5_K"):
+        p0 = _q4k_nib_plane(f["qs"])
+        p1 = pl.pack_field(gb.kquant_codes(f, name).reshape(rows, nsb * QK_K), QK_K, 4, 1) if high else None
+    else:
+        q = gb.kquant_codes(f, name).reshape(rows, nsb * QK_K)  # element order
+        p0 = pl.pack_field(q, QK_K, 0, low)
+        p1 = pl.pack_field(q, QK_K, low, high) if high else None
     if name in ("Q4_K", "Q5_K"):
         sc, mn = _scale_min_k4(f["scales"])
-        dd = np.concatenate([f["d"], f["dmin"]], axis=-1)
-        return pl.planes(f["qs"], f.get("qh"), sc, mn, dd), cols, None
-    if name == "Q6_K":
-        return pl.planes(f["ql"], f["qh"], f["scales"], None, f["d"]), cols, None
+        return pl.planes(p0, p1, sc, mn, np.concatenate([f["d"], f["dmin"]], axis=-1))
     if name == "Q2_K":
-        dd = np.concatenate([f["d"], f["dmin"]], axis=-1)
-        return pl.planes(f["qs"], None, f["scales"], None, dd), cols, None
-    return pl.planes(f["qs"], f["hmask"], _scales_q3k(f["scales"]), None, f["d"]), cols, None  # Q3_K
+        return pl.planes(p0, None, f["scales"], None, np.concatenate([f["d"], f["dmin"]], axis=-1))
+    sc = _scales_q3k(f["scales"]) if name == "Q3_K" else f["scales"]
+    return pl.planes(p0, p1, sc, None, f["d"])
 
 
-def x_widths(spec: Spec, colsp: int, planes):
-    """(xq, xd, xs) widths: one int8 per element, one scale per 256, one sum per scale group."""
-    return colsp, colsp // spec.xblk, colsp // spec.sgroup
+def repack(spec: Spec, data, rows: int, cols: int, scales=None, biases=None):
+    b = pl.blocks(data, spec.name, rows, cols)
+    return pl.by_rows(rows, cols, lambda r0, r1: _repack_rows(pl.fields(b[r0:r1], spec.name), spec.name)), cols
+
+
+x_widths = superblock.x_widths
+
+
+def x_order(spec: Spec):
+    return np.arange(QK_K).reshape(32, 8).T.reshape(-1)  # chunk c, lane j <- element 8j + c
 
 
 # ----------------------------------------------------------------------------- decoding (LLVM IR)
-def _block(spec: Spec, e: E, P, sb):
-    """One super-block: 8 chunk codes, 8 <16 x i16> chunk scales, float mins.
-
-    Returns codes, scales, mins (<G x float>, G = groups), d, dmin (float scalars)
-    with  w = d * scale * code - dmin * min  per group.
-    """
-    b, name = e.b, spec.name
-    p0, p1, p2, p3, p4 = P
-    if name in ("Q4_K", "Q5_K"):
-        codes = [e.nib(p0, e.add(e.mul(sb, 128), 32 * (c // 2)), c % 2) for c in range(8)]
-        if name == "Q5_K":
-            codes = [b.or_(codes[c], e.bit(p1, e.mul(sb, 32), c, 4)) for c in range(8)]
-        sc = b.zext(e.ld(p2, e.mul(sb, 8), V(I8, 8)), V(I16, 8))
-        scd = e.shuf(sc, list(range(8)) * 2)  # the 8 scales in both 128-bit halves
-        scales = [e.lane_bcast16(scd, c) for c in range(8)]
-        mins = b.uitofp(e.ld(p3, e.mul(sb, 8), V(I8, 8)), V(F32, 8))
-        dd = e.halves(p4, e.mul(sb, 4), 2)
-        return codes, scales, mins, e.lane(dd, 0), e.lane(dd, 1)
-    if name == "Q6_K":  # ql chunk (h, s): bytes h*64 + (s%2)*32, nibble s//2; qh crumb s of bytes h*32
-        codes = [b.or_(e.nib(p0, e.add(e.mul(sb, 128), 64 * (c // 4) + 32 * (c % 2)), (c % 4) // 2),
-                       e.crumb(p1, e.add(e.mul(sb, 64), 32 * (c // 4)), c % 4, pos=4)) for c in range(8)]
+def _codes(spec: Spec, e: E, P, sb):
+    """The super-block's 8 chunk code vectors (interleaved order, unsigned)."""
+    b, (low, high) = e.b, _SPLIT[spec.name]
+    if low == 4:
+        codes = [e.nib(P[0], e.add(e.mul(sb, 128), 32 * (c // 2)), c % 2) for c in range(8)]
     else:
-        codes = [e.crumb(p0, e.add(e.mul(sb, 64), 32 * (c // 4)), c % 4) for c in range(8)]
-        if name == "Q3_K":
-            codes = [b.or_(codes[c], e.bit(p1, e.mul(sb, 32), c, 2)) for c in range(8)]
-    raw = e.ld(p2, e.mul(sb, 16), V(I8, 16))
-    if name == "Q2_K":
-        sc = b.zext(b.and_(raw, e.k(raw.type, 15)), V(I16, 16))
-        mins = b.uitofp(b.lshr(raw, e.k(raw.type, 4)), V(F32, 16))
-        dd = e.halves(p4, e.mul(sb, 4), 2)
-        d, dmin = e.lane(dd, 0), e.lane(dd, 1)
-    else:  # signed scales; the code offset (32 or 4) is the "min": w = d*sc*(q - off)
-        sc = b.sext(raw, V(I16, 16))
-        mins = b.sitofp(raw, V(F32, 16))
-        d = b.fpext(e.ld(p4, e.mul(sb, 2), F16), F32)
-        dmin = b.fmul(d, ir.Constant(F32, 32.0 if name == "Q6_K" else 4.0))
-    scp = e.shuf(sc, list(range(0, 16, 2)) + list(range(1, 16, 2)))  # even groups low half, odd high
-    scales = [e.lane_bcast16(scp, c) for c in range(8)]  # chunk c = groups 2c | 2c+1
-    return codes, scales, mins, d, dmin
+        codes = [e.crumb(P[0], e.add(e.mul(sb, 64), 32 * (c // 4)), c % 4) for c in range(8)]
+    if high == 1:
+        codes = [b.or_(q, e.bit(P[1], e.mul(sb, 32), c, low)) for c, q in enumerate(codes)]
+    elif high == 2:
+        codes = [b.or_(q, e.crumb(P[1], e.add(e.mul(sb, 64), 32 * (c // 4)), c % 4, pos=low))
+                 for c, q in enumerate(codes)]
+    return codes
+
+
+def _params(spec: Spec, e: E, P, sb):
+    """(integer scales <G x i16>, float scales <G x f32>, float mins <G x f32> or None, d, dmin)."""
+    b, name = e.b, spec.name
+    G = QK_K // spec.group
+    raw = e.ld(P[2], e.mul(sb, G), V(I8, G))
+    if name in ("Q4_K", "Q5_K", "Q2_K"):
+        sc = b.and_(raw, e.k(raw.type, 15)) if name == "Q2_K" else raw
+        mins = b.lshr(raw, e.k(raw.type, 4)) if name == "Q2_K" else e.ld(P[3], e.mul(sb, 8), V(I8, 8))
+        dd = e.halves(P[4], e.mul(sb, 4), 2)
+        return b.zext(sc, V(I16, G)), b.uitofp(sc, V(F32, G)), b.uitofp(mins, V(F32, G)), e.lane(dd, 0), e.lane(dd, 1)
+    d = b.fpext(e.ld(P[4], e.mul(sb, 2), F16), F32)
+    return b.sext(raw, V(I16, G)), b.sitofp(raw, V(F32, G)), None, d, b.fmul(d, ir.Constant(F32, float(_OFFSET[name])))
+
+
+def block(spec: Spec, e: E, P, sb) -> Block:
+    sc16, scf, mnf, d, dmin = _params(spec, e, P, sb)
+    if spec.group == 32:  # i16 lane m of a chunk is group m // 2
+        sc16 = e.shuf(sc16, [m // 2 for m in range(16)])
+    mins = mnf if mnf is not None else scf  # signed scales: the code offset acts as the min
+    return Block(_codes(spec, e, P, sb), d, scale_all=sc16, mins=mins, dmin=dmin)
+
+
+def deq_block(spec: Spec, e: E, P, sb, store):
+    """Exact dequantization, gguf-py's float operations in its order: (d * scale) * (q - offset)
+    - dmin * min per group, written in kernel order (lane j of every chunk is in group 8j // G)."""
+    b = e.b
+    _, scf, mnf, d, dmin = _params(spec, e, P, sb)
+    G = QK_K // spec.group
+    gmask = [(8 * j) // spec.group for j in range(32)]
+    dl = e.shuf(b.fmul(e.splat(d, G), scf), gmask)  # d * scale, per lane
+    ml = None if mnf is None else e.shuf(b.fmul(e.splat(dmin, G), mnf), gmask)
+    off = _OFFSET.get(spec.name, 0)
+    for c, q in enumerate(_codes(spec, e, P, sb)):
+        qi = b.zext(q, V(I32, 32))
+        if off:
+            qi = b.sub(qi, e.k(V(I32, 32), off))
+        w = b.fmul(dl, b.sitofp(qi, V(F32, 32)))
+        store(c, w if ml is None else b.fsub(w, ml))
 
 
 def row_body(spec: Spec, e: E, P, X, T, ncols):
-    """Emit the row's accumulation; returns a finisher giving float y_t."""
-    b = e.b
-    xq, xqs, xd, xds, xs, xss = X
-    acc = Acc(e, spec, 1, T)
-    G = QK_K // spec.group
-
-    with cgutils.for_range(b, b.udiv(ncols, e.i(QK_K))) as loop:
-        sb = loop.index
-        codes, scales, mins, d, dmin = _block(spec, e, P, sb)
-
-        def step(t):
-            xqt, xdt, xst = row_x(e, xq, xqs, t), row_x(e, xd, xds, t), row_x(e, xs, xss, t)
-            isum = None
-            for c in range(8):
-                x8 = e.ld(xqt, e.add(e.mul(sb, QK_K), 32 * c), V(I8, 32))
-                v = e.madd(e.maddubs(codes[c], x8), scales[c])
-                isum = v if isum is None else b.add(isum, v)
-            mx = b.fmul(mins, e.ld(xst, e.mul(sb, 4 * G), V(F32, G)))
-            if G == 16:
-                mx = b.fadd(e.shuf(mx, range(8)), e.shuf(mx, range(8, 16)))
-            a = e.fma(e.splat(b.fsub(ir.Constant(F32, 0.0), dmin)), mx, acc.get(t))
-            dx = e.ld(xdt, e.mul(sb, 4), F32)
-            acc.put(t, e.fma(e.splat(b.fmul(d, dx)), e.cvt(isum), a))
-
-        over_t(spec, e, T, step)
-
-    return lambda t: e.hsum(acc.get(t))
+    return superblock.row_body(spec, e, P, X, T, ncols, sys.modules[__name__])
 
 
 def deq_body(spec: Spec, e: E, P, out, ncols):
-    """Exact dequantization, the float operations of gguf-py's numpy reference in its order:
-    (d * scale) * q - dmin * min per group."""
-    b, name = e.b, spec.name
-    G = QK_K // spec.group
-    with cgutils.for_range(b, b.udiv(ncols, e.i(QK_K))) as loop:
-        sb = loop.index
-        codes, _, _, d, dmin = _block(spec, e, P, sb)
-        raw = e.ld(P[2], e.mul(sb, G), V(I8, G))
-        if name in ("Q4_K", "Q5_K"):
-            scf = b.uitofp(raw, V(F32, 8))
-            mnf = b.uitofp(e.ld(P[3], e.mul(sb, 8), V(I8, 8)), V(F32, 8))
-        elif name == "Q2_K":
-            scf = b.uitofp(b.and_(raw, e.k(raw.type, 15)), V(F32, 16))
-            mnf = b.uitofp(b.lshr(raw, e.k(raw.type, 4)), V(F32, 16))
-        else:
-            scf = b.sitofp(raw, V(F32, 16))
-        dl = b.fmul(e.splat(d, G), scf)  # d * scale, per group
-        ml = b.fmul(e.splat(dmin, G), mnf) if name in ("Q2_K", "Q4_K", "Q5_K") else None
-        off = {"Q6_K": 32, "Q3_K": 4}.get(name, 0)
-        for c in range(8):
-            q = b.zext(codes[c], V(I32, 32))
-            if off:
-                q = b.sub(q, e.k(V(I32, 32), off))
-            gmask = [c] * 32 if G == 8 else [2 * c] * 16 + [2 * c + 1] * 16
-            w = b.fmul(e.shuf(dl, gmask), b.sitofp(q, V(F32, 32)))
-            if ml is not None:
-                w = b.fsub(w, e.shuf(ml, gmask))
-            e.st(out, e.mul(e.add(e.mul(sb, QK_K), 32 * c), 4), w)
+    superblock.deq_body(spec, e, P, out, ncols, sys.modules[__name__])
 
 
 register(FAMILY, sys.modules[__name__], specs())

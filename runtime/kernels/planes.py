@@ -17,12 +17,17 @@ allocates temporaries.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from ...errors import FormatError, UnsupportedError
 from ...tables import block_fields, quant_info
 
 PAD_GROUPS = 8  # per-group scale/bias rows are padded to a multiple of this (one f32x8 vector)
+CHUNK_WEIGHTS = 1 << 20  # repacks that expand codes work on row chunks of about this many weights
+REPACK_THREADS = min(4, os.cpu_count() or 1)
 
 
 def empty(rows: int) -> np.ndarray:
@@ -34,6 +39,36 @@ def planes(*arrs) -> tuple[np.ndarray, ...]:
     rows = next(a.shape[0] for a in arrs if a is not None)
     out = [(empty(rows) if a is None else np.ascontiguousarray(a).view(np.uint8).reshape(rows, -1)) for a in arrs]
     return tuple(out + [empty(rows)] * (5 - len(out)))
+
+
+def by_rows(rows: int, cols: int, fn) -> tuple[np.ndarray, ...]:
+    """fn(r0, r1) -> the five planes of rows r0..r1, run over row chunks of about CHUNK_WEIGHTS
+    weights and gathered into one set of planes.  Chunking bounds a repack's temporaries (a
+    token embedding of a 7B model would otherwise expand to several hundred MB of codes); the
+    chunks run on REPACK_THREADS threads (numpy releases the GIL inside its loops), at most
+    two chunks in flight per thread."""
+    step = max(1, CHUNK_WEIGHTS // max(cols, 1))
+    first = fn(0, min(rows, step))
+    if rows <= step:
+        return first
+    out = tuple(np.empty((rows, a.shape[1]), np.uint8) for a in first)
+    for o, a in zip(out, first):
+        o[:step] = a
+
+    def one(r0):
+        r1 = min(rows, r0 + step)
+        for o, a in zip(out, fn(r0, r1)):
+            o[r0:r1] = a
+
+    starts = list(range(step, rows, step))
+    if REPACK_THREADS <= 1 or len(starts) == 1:
+        for r0 in starts:
+            one(r0)
+        return out
+    with ThreadPoolExecutor(REPACK_THREADS) as pool:
+        for i in range(0, len(starts), 2 * REPACK_THREADS):
+            list(pool.map(one, starts[i:i + 2 * REPACK_THREADS]))
+    return out
 
 
 def as_bytes(data) -> np.ndarray:
@@ -80,3 +115,4 @@ def pack_field(q: np.ndarray, unit: int, shift: int, width: int) -> np.ndarray:
     for k in range(per):
         acc |= ((q5[..., k] >> shift) & mask) << (width * k)
     return np.ascontiguousarray(acc.transpose(0, 1, 3, 2)).reshape(rows, -1)  # [.., v, j]
+

@@ -33,7 +33,7 @@ class Spec:
     group:  elements per scale
     xblk:   activation int8 block (one float scale each); 0 for float weights
     sgroup: activation float-sum group (min / bias / offset terms)
-    stride: interleave stride of the kernel order inside a unit (1: stored order)
+    stride: interleave stride of the grouped families (chunk c, lane j = element j*stride + c of a unit)
     """
 
     name: str

@@ -49,8 +49,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeslim.errors import InputError
-from edgeslim.quants import dequantize, fallback_type, quantize
-from edgeslim.tables import AFFINE_BITS, affine_name, quant_info
+from edgeslim.quants import dequantize, quantize
+from edgeslim.tables import quant_info
+
+from .candidates import FAMILIES, effective_types, family_types  # noqa: F401  (re-exported: callers import them here)
 
 OUTLIER_SIGMAS = 3.0
 EXACT_SVD_DIM = 512  # min(rows, cols) up to which np.linalg.svd is used directly
@@ -58,33 +60,6 @@ ERANK_MAX_DIM = 2048  # min(rows, cols) above which the spectrum is taken on a s
 ERR_MAX_WEIGHTS = 1 << 19  # weights quantized per type to estimate its error
 ERR_MIN_ROWS = 32
 _CHUNK = 1 << 20  # weights per float64 chunk in the moment sums
-
-GGML_LADDER = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
-FAMILIES = ("ggml", "affine")
-
-
-def family_types(family: str, group: int = 64, top_f16: bool = True) -> tuple[str, ...]:
-    """Candidate types of a family, smallest first: 2/3/4/5/6/8 bits (+ F16 on top).
-
-    ggml -> Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_0; affine -> AFFINE{2..8}_G{group}.
-    """
-    if family == "ggml":
-        types = GGML_LADDER
-    elif family == "affine":
-        types = tuple(affine_name(b, group) for b in AFFINE_BITS)
-    else:
-        raise InputError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
-    return types + (("F16",) if top_f16 else ())
-
-
-def effective_types(types, cols: int) -> list[str]:
-    """The types a matrix of `cols` columns really gets (block fallbacks applied), deduplicated."""
-    out: list[str] = []
-    for t in types:
-        e = fallback_type(t, cols)
-        if e not in out:
-            out.append(e)
-    return out
 
 
 # ---------------------------------------------------------------------------

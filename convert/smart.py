@@ -8,16 +8,18 @@
    header (measured, `header.header_bytes`) - alignment padding, so the file
    is at most S; `--target NAME`: usable memory - KV cache at `--ctx` -
    runtime overhead - unquantized tensors (`allocate.budget_from_target`).
-   When even the family's smallest types (Q2_K / AFFINE2) do not fit:
-   FitError with the numbers, before any measuring or writing.
+   When even each matrix's smallest fitting type does not fit: FitError with
+   the minimum and the tensors (row widths) that set it
+   (`candidates.minimum_note`), before any measuring or writing.
 2. Calibration (`calibration_for`), importance only: mean x^2 per input column
    of every linear, one decoder layer at a time (convert/calibrate.py).
 3. Analysis pass: each matrix is loaded alone, measured (spectrum, moments)
    and quantized to every candidate type on a row sample
    (`analyze.analyze_tensor`, importance-weighted when calibrated), then freed.
 4. Allocation (`allocate.allocate`): the signal's cost per (tensor, type),
-   convex-hull knapsack to the budget. Candidates: Q2_K..Q8_0 (ggml) or
-   AFFINE2..8_G{group} (affine), plus F16 on top for --bpw/--size; with
+   convex-hull knapsack to the budget. Candidates (convert/candidates.py): every
+   writable ggml type whose block divides the tensor's rows (K, IQ and 32-wide
+   legacy types) or AFFINE2..8_G{group} (affine), plus F16 on top for --bpw/--size; with
    --target the ladder stops at Q8_0 / AFFINE8 like the uniform picker (F16
    doubles the memory traffic for a difference below the noise of a benchmark).
 5. The caller writes the plan: GPTQ layer by layer whenever calibration ran
@@ -54,7 +56,8 @@ from edgeslim.inspect import allocation_summary
 from edgeslim.targets import Fit, Target, gib, kv_cache_bytes
 
 from .allocate import allocate, budget_from_bpw, budget_from_size, budget_from_target, parse_size
-from .analyze import TensorAnalysis, analyze_tensor, effective_types, family_types, type_bytes
+from .analyze import TensorAnalysis, analyze_tensor, family_types
+from .candidates import minimum_note
 from .gguf_source import is_gguf
 from .header import ALIGNMENT, header_bytes
 from .model import SourceModel, TensorSpec
@@ -164,9 +167,9 @@ def matrices(model: SourceModel) -> tuple[list[TensorSpec], int]:
     return mats, sum(planned_bytes(s.shape, "F32") for s in model.tensors if s.name not in names)
 
 
-def min_bytes(mats: list[TensorSpec], types) -> int:
-    """Bytes of every matrix at its smallest candidate type (block fallbacks applied)."""
-    return sum(min(type_bytes(t, s.n_elements) for t in effective_types(types, int(s.shape[1]))) for s in mats)
+def min_bytes(mats: list[TensorSpec], types) -> tuple[int, str]:
+    """(bytes of every matrix at its smallest fitting type, what sets that minimum: candidates.minimum_note)."""
+    return minimum_note({s.name: _matrix_shape(s) for s in mats}, types)
 
 
 def report_bound(mats: list[TensorSpec]) -> int:
@@ -177,22 +180,21 @@ def report_bound(mats: list[TensorSpec]) -> int:
 def make_budget(model: SourceModel, mats: list[TensorSpec], fixed: int, types, family: str, kind: str, value,
                 tgt: Target | None, ctx: int) -> Budget:
     """The byte budget for `kind`; FitError with the numbers when even the smallest types do not fit."""
-    need = min_bytes(mats, types)
+    need, note = min_bytes(mats, types)
     n = sum(s.n_elements for s in mats)
     if kind == "target":
         kv = kv_cache_bytes(model.n_layers, ctx, model.n_kv_heads, model.head_dim)
-        least = Fit(types[0], ctx, fixed + need, kv, tgt)
+        least = Fit("the minimum", ctx, fixed + need, kv, tgt)
         if not least.fits:
             raise FitError(f"the model does not fit {tgt.name} even at the smallest {family} types: "
-                           f"{least.short()}; choose a bigger target, a smaller --ctx or a smaller model")
+                           f"{least.short()} ({note}); choose a bigger target, a smaller --ctx or a smaller model")
         return Budget(kind, tgt.name, budget_from_target(tgt.name, model.n_layers, model.n_kv_heads,
                                                           model.head_dim, ctx, fixed))
     if kind == "bpw":
         budget = budget_from_bpw(value, n)
         if need > budget:
-            raise FitError(f"--bpw {value} gives {gib(budget)} ({budget:,} bytes) for {n:,} matrix weights but even "
-                           f"the smallest {family} types ({types[0]}) need {gib(need)} ({8 * need / n:.3f} bits per "
-                           f"weight); give --bpw {math.ceil(800 * need / n) / 100} or more")
+            raise FitError(f"--bpw {value} gives {gib(budget)} ({budget:,} bytes) for {n:,} matrix weights but "
+                           f"{note}; give --bpw {math.ceil(800 * need / n) / 100} or more")
         return Budget(kind, float(value), budget)
     size = parse_size(value) if isinstance(value, str) else int(value)
     if size <= 0:
@@ -202,8 +204,7 @@ def make_budget(model: SourceModel, mats: list[TensorSpec], fixed: int, types, f
     budget = budget_from_size(size, fixed, header + padding)
     if need > budget:
         raise FitError(f"--size {value} leaves {gib(budget)} ({budget:,} bytes) for the weight matrices "
-                       f"(unquantized tensors {gib(fixed)}, header {gib(header + padding)}) but even the smallest "
-                       f"{family} types ({types[0]}) need {gib(need)}; give --size "
+                       f"(unquantized tensors {gib(fixed)}, header {gib(header + padding)}) but {note}; give --size "
                        f"{math.ceil((size - budget + need) / 1e4) / 100} MB or more")
     return Budget(kind, value, budget)
 

@@ -143,3 +143,36 @@ def test_ternary_search_is_exact(qtype):
         t = np.clip(np.rint(x[0] / d), -1, 1)
         best = min(best, float((imp * (x[0] - d * t) ** 2).sum()))
     assert got <= best * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("qtype", ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S"])
+def test_lattice_nearest_is_exact(qtype):
+    """The branch and bound of lattice_nearest returns the brute-force optimum over the whole grid (importance-
+    weighted, with and without a required sign flip, either delta sign for IQ1, cold and warm-started)."""
+    from edgeslim.quants import lattice_nearest as LN
+    spec = {"IQ2_XXS": iq2.XXS, "IQ2_XS": iq2.XS, "IQ2_S": iq2.S, "IQ3_XXS": iq3.XXS, "IQ3_S": iq3.S,
+            "IQ1_S": iq1.S}[qtype]
+    t, D, n = spec.trie, spec.dim, 300
+    rng = np.random.default_rng(len(qtype))
+    x = rng.standard_normal((n, D)).astype(np.float32)
+    x[:10] = 0.0  # zero slots: every point ties
+    a = x if spec.signed else np.abs(x)
+    w = (rng.gamma(0.5, 2.0, (n, D)) + 1e-3).astype(np.float32)
+    for shift in ((spec.delta, -spec.delta) if spec.delta else (0.0,)):
+        G = spec.grid.astype(np.float64) + shift  # (P, D)
+        e = (np.abs(a).max(1) / np.abs(G).max() * rng.uniform(0.6, 1.4, n)).astype(np.float32)
+        a64, w64, e64 = a.astype(np.float64)[:, None], w.astype(np.float64)[:, None], e.astype(np.float64)[:, None, None]
+        err = (w64 * (a64 - e64 * G) ** 2).sum(-1)  # (n, P) brute force
+        flip_err = err + (4 * e64 * w64 * a64 * G).min(-1)  # with the cheapest flip
+        need = rng.random(n) < 0.5 if spec.parity else np.zeros(n, bool)
+        want = np.where(need[:, None], flip_err, err)
+        warm = np.full(n, -1, np.int32)
+        for _ in range(2):
+            g, got = np.empty(n, np.int32), np.empty(n)
+            m1, m2, flip = np.empty(n), np.empty(n), np.empty(n, np.int8)
+            LN.nearest_points(a, w, e, need, shift, t.levels, t.codes, t.child, t.kid_ptr, t.kid_lev, t.kid_pt,
+                              warm, g, got, m1, m2, flip)
+            np.testing.assert_allclose(got, want.min(1), rtol=1e-9, atol=1e-30)
+            np.testing.assert_allclose(got, want[np.arange(n), g], rtol=1e-9, atol=1e-30)
+            assert ((flip >= 0) == need).all()
+            warm = np.roll(g, 1)  # a wrong start must not change the answer

@@ -60,7 +60,7 @@ import numpy as np
 
 from ..tables import QK_K
 from ._common import f16, safe_div
-from .lattice_nearest import Slots, build_trie
+from .lattice_nearest import Slots, split_grid
 from .search import sym_choose
 
 F64 = np.float64
@@ -105,12 +105,12 @@ class Lattice:
         return (d * (np.float32(0.5) + np.asarray(l, np.float32))).astype(np.float32) * np.float32(2 * self.mult)
 
     @cached_property
-    def trie(self):
+    def halves(self):
         """The grid for lattice_nearest: levels (L,) float32 sorted values, codes (P, D) int32 level index
-        of every coordinate, and the trie (lattice_nearest.build_trie)."""
+        of every coordinate, and its two-halves index (lattice_nearest.split_grid)."""
         levels = np.unique(self.grid).astype(np.float32)
         codes = np.searchsorted(levels, self.grid.astype(np.float32)).astype(np.int32)
-        t = build_trie(codes, len(levels))
+        t = split_grid(codes, len(levels))
         t.levels, t.codes = levels, codes
         return t
 

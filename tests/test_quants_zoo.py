@@ -152,7 +152,7 @@ def test_lattice_nearest_is_exact(qtype):
     from edgeslim.quants import lattice_nearest as LN
     spec = {"IQ2_XXS": iq2.XXS, "IQ2_XS": iq2.XS, "IQ2_S": iq2.S, "IQ3_XXS": iq3.XXS, "IQ3_S": iq3.S,
             "IQ1_S": iq1.S}[qtype]
-    t, D, n = spec.halves, spec.dim, 300
+    t, D, n = spec.index, spec.dim, 300
     rng = np.random.default_rng(len(qtype))
     x = rng.standard_normal((n, D)).astype(np.float32)
     x[:10] = 0.0  # zero slots: every point ties

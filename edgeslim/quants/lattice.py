@@ -24,14 +24,13 @@ error of grid point g at scale e is
     sum w a^2 - 2 e M1[g] + e^2 M2[g],   M1 = (w a) . G[g] (signs applied),   M2 = w . G[g]^2
 
 and its minimum over the whole grid is found exactly, but without trying
-every point, by a branch and bound over a trie of the grid
-(`lattice_nearest.py`: the error is a sum over coordinates, so a prefix whose
-cost plus the remaining coordinates' cheapest levels reaches the best point
-found is cut); each call starts from the slot's previous answer.  An odd
-parity group's flip goes to the weight where it costs least (exactly, over
-the whole group); for 4-wide slots the flip may fall in either slot of the
-group and each odd group takes the better pair.  Unlike llama.cpp's
-nearest-cell neighbour lists this is the exact weighted optimum.
+every point (`lattice_nearest.py`: the error is a sum over coordinates, so
+per-quarter error tables bound whole families of points; a slot reads a few
+short lists of the grid, starting from its previous answer).  An odd parity
+group's flip goes to the weight where it costs least (exactly, over the
+whole group); for 4-wide slots the flip may fall in either slot of the group
+and each odd group takes the better pair.  Unlike llama.cpp's nearest-cell
+neighbour lists this is the exact weighted optimum.
 
 Scales:
   1. per sub-block, candidate float scales (its largest |x| mapped around the
@@ -94,7 +93,7 @@ class Lattice:
     def dim(self) -> int:
         return self.grid.shape[1]
 
-    @property
+    @cached_property
     def values(self) -> np.ndarray:
         """The points searched, float32 (P', D): the grid, or [grid + delta; grid - delta]."""
         g = self.grid.astype(np.float32)
@@ -105,9 +104,9 @@ class Lattice:
         return (d * (np.float32(0.5) + np.asarray(l, np.float32))).astype(np.float32) * np.float32(2 * self.mult)
 
     @cached_property
-    def halves(self):
-        """The grid for lattice_nearest: levels (L,) float32 sorted values, codes (P, D) int32 level index
-        of every coordinate, and its two-halves index (lattice_nearest.split_grid)."""
+    def index(self):
+        """The grid as lattice_nearest searches it: levels (L,) float32 sorted values, codes (P, D) int32
+        level index of every coordinate, and the lists by first half (lattice_nearest.split_grid)."""
         levels = np.unique(self.grid).astype(np.float32)
         codes = np.searchsorted(levels, self.grid.astype(np.float32)).astype(np.int32)
         t = split_grid(codes, len(levels))

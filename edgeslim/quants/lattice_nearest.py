@@ -226,7 +226,7 @@ class Slots:
 
     def __init__(self, spec, a: np.ndarray, w: np.ndarray, neg: np.ndarray):
         D = spec.dim
-        self.spec, self.tab = spec, spec.halves
+        self.spec, self.tab = spec, spec.index
         self.A = np.ascontiguousarray(a, np.float32).reshape(-1, D)  # (Ns, D)
         self.W = np.ascontiguousarray(np.broadcast_to(w, a.shape), np.float32).reshape(-1, D)
         self.odd = (neg.reshape(-1, 8).sum(1) % 2).astype(bool) if spec.parity else None  # (Ng,)

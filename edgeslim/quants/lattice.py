@@ -54,13 +54,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..tables import QK_K
 from ._common import f16, safe_div
-from .lattice_nearest import Slots, split_grid
 from .search import sym_choose
+
+if TYPE_CHECKING:  # lattice_nearest imports numba (0.7 s): only when a lattice type is searched
+    from .lattice_nearest import Slots
 
 F64 = np.float64
 T_CANDIDATES = (0.85, 1.0, 1.2)  # sub-block max |x| -> grid's top value * t
@@ -107,6 +110,8 @@ class Lattice:
     def index(self):
         """The grid as lattice_nearest searches it: levels (L,) float32 sorted values, codes (P, D) int32
         level index of every coordinate, and the lists by first half (lattice_nearest.split_grid)."""
+        from .lattice_nearest import split_grid
+
         levels = np.unique(self.grid).astype(np.float32)
         codes = np.searchsorted(levels, self.grid.astype(np.float32)).astype(np.int32)
         t = split_grid(codes, len(levels))
@@ -158,6 +163,8 @@ class Rounder:
     """`nearest` for several scales on the same weights (each call starts from the previous answers)."""
 
     def __init__(self, spec: Lattice, x: np.ndarray, w: np.ndarray):
+        from .lattice_nearest import Slots
+
         self.spec, self.x = spec, x
         self.t = Slots(spec, x if spec.signed else np.abs(x), w, x < 0)
 
@@ -184,6 +191,8 @@ def _search_chunk(spec: Lattice, x: np.ndarray, w: np.ndarray | None) -> Codes:
     a = x if spec.signed else np.abs(x)
     neg = x < 0
     w = np.ones_like(x) if w is None else w
+    from .lattice_nearest import Slots
+
     t = Slots(spec, a, w, neg)
     S = QK_K // spec.sub
     sxx = (w * a * a).reshape(b, S, -1).sum(-1, dtype=F64)  # (b, S)

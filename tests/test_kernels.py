@@ -345,3 +345,25 @@ def test_offset_terms_use_quantized_activation_sums(qtype):
     ref = x @ dequantize(q).T
     y = K.linear(p, x)
     assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 0.011
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0", "IQ2_XS", "F16", "AFFINE4_G32"])
+def test_serial_and_parallel_copies_agree(qtype, monkeypatch):
+    """The driver's serial and parallel copies (runtime/threads.py picks one per call) give the same bits."""
+    from edgeslim.runtime.kernels import driver
+    from edgeslim.runtime.threads import PARALLEL, SERIAL, Fixed
+
+    rng = np.random.default_rng(21)
+    if qtype.startswith("AFFINE"):
+        kw = affine_case(qtype, ROWS, COLS, rng)[0]
+        p = K.prepare(qtype, kw.pop("data"), (ROWS, COLS), **kw)
+    else:
+        data = float_case(qtype, ROWS, COLS, rng)[0] if qtype == "F16" else ggml_raw(qtype, ROWS, COLS, rng)
+        p = K.prepare(qtype, data, (ROWS, COLS))
+    x = rng.standard_normal((3, COLS)).astype(np.float32)
+    out = {}
+    for v in (SERIAL, PARALLEL):
+        monkeypatch.setattr(driver, "CHOOSER", Fixed(v))
+        out[v] = [K.linear(p, x[:1]), K.linear(p, x), K.dequantize(p)]
+    for a, b in zip(out[SERIAL], out[PARALLEL]):
+        np.testing.assert_array_equal(a, b)

@@ -44,8 +44,8 @@ import numpy as np
 from llvmlite import ir
 
 from ...tables import QK_K, block_fields, quant_info
-from . import superblock
 from . import planes as pl
+from . import superblock
 from .emit import F16, F32, I8, I16, I32, I64, E, V
 from .spec import Spec, register
 from .superblock import Block

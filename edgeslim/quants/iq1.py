@@ -141,7 +141,9 @@ def encode_m(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 
 
 def decode_m(raw: np.ndarray) -> np.ndarray:
-    """(B, 56) uint8 -> (B, 256) float32, bit-exact with gguf-py: (d (2 l + 1)) (grid + delta)."""
+    """(B, 56) uint8 -> (B, 256) float32: (d (2 l + 1)) (grid + delta), a set delta bit meaning -1/8.
+    Bit-exact with gguf-py and within 1 ulp of llama.cpp's dequantize_row_iq1_m (both read the sign
+    the same way: tests/test_quants_vs_llamacpp.py::test_iq1_m_delta_signs_as_llamacpp)."""
     d, l, idx, dneg = unpack_m(raw)
     B = raw.shape[0]
     dl = (d[:, None] * (2 * l + 1).astype(np.float32))[:, :, None]  # (B, 16, 1)

@@ -1,9 +1,9 @@
 """Next-token accuracy on frequent vs rare targets ("next-frequent", "next-rare").
 
 Corpus tokens are counted with the model's tokenizer. Sorting the vocabulary by count,
-the *frequent* tokens are the most common ones that together make up the first half
-of all token occurrences; the *rare* ones make up the last tenth (the long tail,
-excluding tokens that never occur). The corpus is cut into windows of up to 128
+the *frequent* tokens are the most common ones, up to the one that crosses half of all
+token occurrences; the *rare* ones lie wholly in the last tenth of the occurrences (the
+long tail; tokens that never occur are neither). The corpus is cut into windows of up to 128
 tokens (BOS first, as perplexity windows), taken in a seeded random order; every
 position in a window's second half (at least 64 tokens of context) whose next token
 falls in a bucket is a probe of that bucket, until each bucket has n probes. Probes
@@ -28,11 +28,10 @@ def buckets(ids: np.ndarray, n_vocab: int) -> np.ndarray:
     """Per token id: 1 frequent, 2 rare, 0 neither (by its count in ids)."""
     counts = np.bincount(ids, minlength=n_vocab)[:n_vocab]  # (V,)
     order = np.argsort(-counts, kind="stable")  # most common first
-    cum = np.cumsum(counts[order]) / max(int(counts.sum()), 1)  # mass up to and including each token
+    before = (np.cumsum(counts[order]) - counts[order]) / max(int(counts.sum()), 1)  # mass of the tokens before
     label = np.zeros(n_vocab, dtype=np.int8)
-    label[order[(cum - counts[order] / max(int(counts.sum()), 1)) < FREQ_MASS]] = 1  # starts inside the first half
-    rare = order[(cum > 1 - RARE_MASS) & (counts[order] > 0)]
-    label[rare] = 2
+    label[order[before < FREQ_MASS]] = 1  # starts inside the first half of all occurrences
+    label[order[(before >= 1 - RARE_MASS) & (counts[order] > 0)]] = 2  # lies wholly in the last tenth
     return label
 
 

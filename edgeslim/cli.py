@@ -18,6 +18,7 @@ COMMANDS = {
     "generate": ("edgeslim.runtime.cli_generate", "generate text from a prompt"),
     "chat": ("edgeslim.runtime.cli_chat", "chat with a model in the terminal"),
     "eval": ("edgeslim.runtime.cli_eval", "perplexity, KL divergence against a base file, and task accuracy"),
+    "sweep": ("edgeslim.sweep.cli", "convert a grid of bits/sparsity/allocations and chart quality, speed, size"),
 }
 
 

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 "$PY" -c "import torch" 2>/dev/null || pip_install "torch==2.13.0"
-extras="convert,dev"
+extras="convert,dev,charts"
 case "$(uname -s)-$(uname -m)" in
   Darwin-arm64) extras="$extras,mlx" ;;
   Linux-*) "$PY" -c "import mlx.core" 2>/dev/null || pip_install "mlx[cpu]" || echo "note: mlx[cpu] not installed; MLX tests will skip" >&2 ;;

@@ -13,3 +13,5 @@ case "$(uname -s)-$(uname -m)" in
   Linux-*) "$PY" -c "import mlx.core" 2>/dev/null || pip_install "mlx[cpu]" || echo "note: mlx[cpu] not installed; MLX tests will skip" >&2 ;;
 esac
 pip_install -e ".[$extras]"
+# mlx-lm: a peer that `edgeslim sweep` and scripts/bench_quality.py compare against (optional)
+"$PY" -c "import mlx_lm" 2>/dev/null || pip_install mlx-lm || echo "note: mlx-lm not installed; sweeps skip its files" >&2

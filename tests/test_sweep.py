@@ -95,6 +95,7 @@ def test_sweep_demo_small_grid_is_measured_charted_and_resumed(tmp_path):
     assert pruned["status"] == ("ok" if convert_prunes() else "unavailable")
     md = (out / "sweep.md").read_text()
     assert "| edgeslim | Q4_K |" in md and "**Answer:**" in md and "![quality.png](quality.png)" in md
+    assert "| Δ next-frequent |" in md and len(f16["tasks"]["copy"]["outcomes"]) == 10  # paired deltas vs F16
     for png in ("quality.png", "speed.png"):
         data_png = (out / png).read_bytes()
         assert data_png.startswith(PNG_MAGIC) and len(data_png) > 20_000

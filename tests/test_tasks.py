@@ -53,6 +53,15 @@ def test_wilson_interval_known_values():
     assert hi == 1.0 and abs(lo - 0.9630) < 1e-4
 
 
+def test_paired_difference_moves_only_with_changed_probes():
+    from edgeslim.runtime.tasks import paired_difference
+
+    assert paired_difference("1" * 50 + "0" * 50, "1" * 50 + "0" * 50) == (0.0, 0.0, 0.0)
+    d, lo, hi = paired_difference("1" * 80 + "0" * 20, "1" * 70 + "0" * 30)  # 10 of 100 probes lost
+    assert d == pytest.approx(-0.10) and lo < -0.10 < hi < 0  # a clear loss, even with 100 probes
+    assert paired_difference("1100", "0011")[0] == 0.0
+
+
 def test_frequency_buckets():
     ids = np.array([0] * 50 + [1] * 30 + [2] * 12 + [3] * 5 + [4] * 2 + [5] * 1)
     label = buckets(ids, 7)

@@ -19,6 +19,8 @@ from pathlib import Path
 from ..errors import InputError
 from .grid import ALLOCATIONS, PATTERNS, PRUNE_METHODS, floats, make_grid, words
 
+BACKENDS = ("auto", "numba", "mlx", "numpy")
+
 
 def add_args(p) -> None:
     p.add_argument("model", metavar="MODEL", help="Hugging Face model folder or F16/F32 GGUF file")
@@ -31,6 +33,7 @@ def add_args(p) -> None:
     p.add_argument("--allocate", default="type", help="type (one type per file) and/or budget signals: "
                    + ", ".join(ALLOCATIONS[1:]))
     p.add_argument("--family", choices=("ggml", "affine"), default="ggml")
+    p.add_argument("--group", type=int, choices=(32, 64), default=64, help="affine group size (default 64)")
     p.add_argument("--text", help="perplexity/KL text (default: the built-in task stories)")
     p.add_argument("--ctx", type=int, default=256, help="perplexity window (default 256)")
     p.add_argument("--chunks", type=int, default=8, help="perplexity windows (default 8)")
@@ -38,7 +41,8 @@ def add_args(p) -> None:
     p.add_argument("--task-n", type=int, default=100, help="probes per task row (default 100)")
     p.add_argument("--task-seed", type=int, default=0)
     p.add_argument("--task-text", help="task corpus (default: built-in stories)")
-    p.add_argument("--backend", default="auto", choices=("auto", "numba", "mlx", "numpy"))
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="runtime backend that scores every file")
+    p.add_argument("--speed-backend", choices=BACKENDS, help="backend timed for decode speed (default: --backend)")
     p.add_argument("--decode-tokens", type=int, default=64, help="tokens timed per speed run (default 64)")
     p.add_argument("--peers", default="llama.cpp,mlx-lm", help="peer files on the same axes: llama.cpp, mlx-lm, "
                    "none (each only when installed)")
@@ -58,7 +62,7 @@ def setup_from(args):
         raise InputError("--ctx must be >= 8 and --chunks, --task-n, --decode-tokens, --jobs >= 1")
     tasks = "" if args.tasks == "none" else ",".join(resolve(args.tasks))
     return Setup(args.text, args.ctx, args.chunks, tasks, args.task_n, args.task_seed, args.task_text, args.backend,
-                 args.decode_tokens)
+                 args.decode_tokens, speed_backend=args.speed_backend or "")
 
 
 def grid_from(args):
@@ -66,7 +70,7 @@ def grid_from(args):
 
     pts, notes = make_grid(floats(args.bits, "--bits"), floats(args.sparsity, "--sparsity"),
                            words(args.patterns, "--patterns", PATTERNS), words(args.allocate, "--allocate", ALLOCATIONS),
-                           words(args.prune, "--prune", PRUNE_METHODS), args.family)
+                           words(args.prune, "--prune", PRUNE_METHODS), args.family, args.group)
     names = [] if args.peers == "none" else words(args.peers, "--peers", ("llama.cpp", "mlx-lm"))
     return pts + peers.peer_points(names, [p.bits for p in pts]), notes
 
@@ -116,7 +120,7 @@ def meta_for(args, sw, results, notes) -> dict:
                 "(llama-perplexity's windows, second half scored); KL(F16 ‖ file) per token, F16 = edgeslim's "
                 "F16 conversion", f"tasks: {s.tasks or 'none'}, {s.task_n} probes per row, seed {s.task_seed}, "
                 f"corpus `{s.task_text or 'built-in stories'}`",
-                f"speed: {s.backend} backend, greedy decode of {s.decode_tokens} tokens after a {s.prompt_tokens}-"
+                f"quality scored by the {s.backend} backend; speed: {s.speed_backend or s.backend} backend, greedy decode of {s.decode_tokens} tokens after a {s.prompt_tokens}-"
                 "token prompt, one file at a time in its own process; peak RSS = that process's VmHWM",
                 f"source sha256 {sw.source[:16]}…"]}
 

@@ -31,6 +31,7 @@ class Setup:
     backend: str
     decode_tokens: int
     prompt_tokens: int = 32
+    speed_backend: str = ""  # "" -> backend
 
     def key_fields(self, text_sha: str, task_text_sha: str) -> dict:
         """The fields that change results, with the texts by content hash rather than path."""
@@ -85,13 +86,15 @@ def quality(path: Path, f16: Path | None, setup: Setup, log: Path) -> dict:
                    dppl=k["ppl"] - k["ppl_base"], ppl_base=k["ppl_base"])
     else:
         out.update(kl_mean=0.0, kl_error=0.0, kl_p99=0.0, top1_same=1.0, dppl=0.0, ppl_base=res["ppl"])
-    out["tasks"] = {r["name"]: {k: r[k] for k in ("accuracy", "lo", "hi", "n", "chance")} for r in res.get("tasks", [])}
+    out["tasks"] = {r["name"]: {k: r[k] for k in ("accuracy", "lo", "hi", "n", "chance", "outcomes")}
+                    for r in res.get("tasks", [])}
     return out
 
 
 def speed(path: Path, setup: Setup, log: Path) -> dict:
     """Decode tok/s, prompt tok/s, load time and peak RSS of the runtime on one file (its own process)."""
-    cmd = [sys.executable, "-m", "edgeslim.sweep.worker", "speed", path, "--backend", setup.backend,
+    cmd = [sys.executable, "-m", "edgeslim.sweep.worker", "speed", path, "--backend",
+           setup.speed_backend or setup.backend,
            "--tokens", setup.decode_tokens, "--prompt-tokens", setup.prompt_tokens]
     if setup.text:
         cmd += ["--text", setup.text]

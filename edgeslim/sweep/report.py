@@ -74,6 +74,28 @@ def _fmt_task(t: dict | None) -> str:
     return f"{100 * t['accuracy']:.1f} [{100 * t['lo']:.0f}-{100 * t['hi']:.0f}]"
 
 
+def delta_table(results: list[dict], rows: list[str]) -> list[str]:
+    """Markdown lines: each file's task accuracy minus F16's on the same probes, in points, with the
+    paired 95% interval (only probes whose outcome changed move it)."""
+    from ..runtime.tasks import paired_difference
+
+    good = ok(results)
+    f16 = next((r for r in good if r["method"] == "F16"), None)
+    rows = [k for k in rows if f16 is not None and f16.get("tasks", {}).get(k, {}).get("outcomes")]
+    if not rows:
+        return []
+    out = ["| method | configuration | file MB | " + " | ".join(f"Δ {k}" for k in rows) + " |",
+           "|---|---|---:|" + "---:|" * len(rows)]
+    for r in sorted((r for r in good if r["method"] != "F16"), key=lambda r: (r["method"], -r["file_bytes"])):
+        cells = []
+        for k in rows:
+            a, b = f16["tasks"][k]["outcomes"], r.get("tasks", {}).get(k, {}).get("outcomes", "")
+            d, lo, hi = paired_difference(a, b) if b else (math.nan, math.nan, math.nan)
+            cells.append(f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" if b else "")
+        out.append(f"| {r['method']} | {r['label']} | {r['file_bytes'] / 1e6:.3f} | " + " | ".join(cells) + " |")
+    return out
+
+
 def markdown(results: list[dict], meta: dict, pngs: list[str]) -> str:
     """The report page: setup, table (every point), notes on unmeasured points, the answer, the charts."""
     good = sorted(ok(results), key=lambda r: (r["method"] != "F16", r["method"] != "edgeslim", r["file_bytes"]))
@@ -94,6 +116,9 @@ def markdown(results: list[dict], meta: dict, pngs: list[str]) -> str:
                      + f"{r['decode_tps']:.1f} | {r['peak_rss_bytes'] / 2**20:.0f} | {front} |")
     lines += ["", "Task cells: accuracy % [95% Wilson interval]. front: Q on the size/KL Pareto front, S on the "
               "size/decode-speed front.", ""]
+    deltas = delta_table(results, rows)
+    if deltas:
+        lines += ["Task accuracy minus F16's on the same probes, in points [paired 95% interval]:", "", *deltas, ""]
     other = [r for r in results if r.get("status") != "ok"]
     if other:
         lines += ["Not measured:", ""] + [f"- {r['label']}: {r['status']}: {r.get('note', '')}" for r in other]

@@ -13,8 +13,8 @@ and the model's own tokenizer (no downloads):
 package (stories sampled from stories260K, see README.md here), so tasks run without
 ../shared; pass any UTF-8 text (e.g. TinyStories or WikiText-2) for another domain.
 """
-from .common import BUILTIN_TEXT, Item, Probe, TaskResult, wilson
+from .common import BUILTIN_TEXT, Item, Probe, TaskResult, paired_difference, wilson
 from .runner import EASY, TASKS, build_items, format_results, resolve, run_tasks, score
 
 __all__ = ["BUILTIN_TEXT", "EASY", "Item", "Probe", "TASKS", "TaskResult", "build_items", "format_results",
-           "resolve", "run_tasks", "score", "wilson"]
+           "paired_difference", "resolve", "run_tasks", "score", "wilson"]

@@ -54,6 +54,7 @@ class TaskResult:
     correct: int
     chance: float | None = None
     about: str = ""
+    outcomes: str = ""  # "1"/"0" per probe in build order: paired comparisons between files on the same probes
 
     @property
     def accuracy(self) -> float:
@@ -66,10 +67,10 @@ class TaskResult:
         return wilson(self.correct, self.n)
 
     def as_dict(self) -> dict:
-        """name, n, correct, accuracy, lo, hi, chance, about."""
+        """name, n, correct, accuracy, lo, hi, chance, about, outcomes."""
         lo, hi = self.interval
         return {"name": self.name, "n": self.n, "correct": self.correct, "accuracy": self.accuracy,
-                "lo": lo, "hi": hi, "chance": self.chance, "about": self.about}
+                "lo": lo, "hi": hi, "chance": self.chance, "about": self.about, "outcomes": self.outcomes}
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -81,6 +82,19 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_difference(a: str, b: str, z: float = Z95) -> tuple[float, float, float]:
+    """Accuracy of b minus accuracy of a on the same probes (outcome strings of "1"/"0"), with a 95%
+    interval from the paired (McNemar) variance: only probes whose outcome differs move it."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0.0, 0.0, 0.0
+    gain = sum(x == "0" and y == "1" for x, y in zip(a, b))
+    loss = sum(x == "1" and y == "0" for x, y in zip(a, b))
+    d = (gain - loss) / n
+    half = z * math.sqrt(max(gain + loss - n * d * d, 0.0)) / n
+    return d, d - half, d + half
 
 
 def read_corpus(path=None) -> str:

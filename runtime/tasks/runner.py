@@ -50,7 +50,7 @@ def score(logits_fn: Callable[[list[int]], np.ndarray], items: Sequence[Item], n
     Only the first n_vocab logits count (an embedding can have padding rows past the vocabulary).
     A probe with choices also counts in its "/choice" row, scored among those tokens only.
     """
-    counts: dict[str, list] = {}  # row -> [n, correct, sum of 1/k]
+    counts: dict[str, list] = {}  # row -> [n, correct, sum of 1/k, outcomes]
     for i, item in enumerate(items):
         logits = logits_fn(item.ids)  # (T, V)
         for p in item.probes:
@@ -65,16 +65,17 @@ def score(logits_fn: Callable[[list[int]], np.ndarray], items: Sequence[Item], n
     for name in resolve(names):
         mod = TASKS[name]
         for row in mod.NAMES:
-            n, k, inv = counts.get(row, (0, 0, 0.0))
-            out.append(TaskResult(row, n, k, inv / n if n and inv else None, mod.ABOUT.get(row, "")))
+            n, k, inv, seen = counts.get(row, (0, 0, 0.0, []))
+            out.append(TaskResult(row, n, k, inv / n if n and inv else None, mod.ABOUT.get(row, ""), "".join(seen)))
     return out
 
 
 def _add(counts: dict, row: str, correct: bool, inv_k: float) -> None:
-    c = counts.setdefault(row, [0, 0, 0.0])
+    c = counts.setdefault(row, [0, 0, 0.0, []])
     c[0] += 1
     c[1] += int(correct)
     c[2] += inv_k
+    c[3].append("1" if correct else "0")
 
 
 def run_tasks(model, names: str | Sequence[str] = "all", text_path=None, n: int = 200, seed: int = 0,

@@ -35,8 +35,10 @@ class Setup:
 
     def key_fields(self, text_sha: str, task_text_sha: str) -> dict:
         """The fields that change results, with the texts by content hash rather than path."""
+        from ..runtime.tasks.runner import VERSION
+
         d = dict(self.__dict__)
-        d.update(text=text_sha, task_text=task_text_sha)
+        d.update(text=text_sha, task_text=task_text_sha, tasks_version=VERSION)
         return d
 
 

@@ -21,6 +21,7 @@ from .common import Item, TaskResult, Tok, read_corpus
 TASKS = OrderedDict([("next", next_token), ("copy", copying), ("recall", recall), ("cloze", cloze)])
 EASY = ("next-frequent", "copy")  # the rows a small model does well (docs/benchmarks.md)
 MAX_LEN = 256  # longest item, in tokens (capped at the model's context)
+VERSION = 1  # bump when the items a task builds change (cached sweep results name it)
 
 
 def resolve(names: str | Sequence[str]) -> list[str]:

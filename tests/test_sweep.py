@@ -2,6 +2,7 @@
 end to end (table, JSON, charts, resumed without redoing points); pruned points once convert() prunes."""
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import subprocess
@@ -125,3 +126,24 @@ def test_sweep_sparsity_axis_degrades_quality(tmp_path):
     kls = [res[k]["kl_mean"] for k in ("Q8_0", "Q8_0 25% unstructured magnitude", "Q8_0 50% unstructured magnitude")]
     assert kls[0] < kls[1] < kls[2]
     assert res["Q8_0 50% 2:4 magnitude"]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_sweep_puts_peer_files_on_the_same_axes(tmp_path):
+    from edgeslim.sweep.peers import llama_bin
+
+    bin_dir = llama_bin("/work/lcp/lcp-build/bin")
+    have_mlx = importlib.util.find_spec("mlx_lm") is not None
+    if bin_dir is None and not have_mlx:
+        pytest.skip("neither llama-quantize nor mlx_lm is installed")
+    out = tmp_path / "peers"
+    run = sweep_cli(out, "--bits", "4", "--tasks", "copy", "--peers", "llama.cpp,mlx-lm",
+                    *(["--llama-bin", bin_dir] if bin_dir else []))
+    assert run.returncode == 0, run.stderr
+    res = {r["label"]: r for r in json.loads((out / "sweep.json").read_text())["results"]}
+    want = {"llama.cpp Q4_K_M": bin_dir is not None, "mlx-lm 4-bit g64": have_mlx}
+    for label, available in want.items():
+        assert res[label]["status"] == ("ok" if available else "unavailable"), res[label]
+        if available:  # a 4-bit peer file sits between our Q4_K and F16 in size and diverges from F16
+            assert 0 < res[label]["kl_mean"] and res[label]["file_bytes"] < res["F16"]["file_bytes"]
+    assert "llama.cpp" in (out / "sweep.md").read_text()

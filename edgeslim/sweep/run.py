@@ -39,13 +39,13 @@ class Sweep:
 
     def __init__(self, src: str, out: Path, setup: Setup, keep_files: bool = False, llama_bin: str | None = None,
                  progress: bool | None = None):
+        if not Path(src).exists():
+            raise InputError(f"model {src} does not exist; give an HF folder or an F16/F32 GGUF file")
         self.src, self.out, self.setup = str(src), Path(out), setup
         self.keep_files, self.progress = keep_files, progress
         self.bin_dir = peers.llama_bin(llama_bin)
         for sub in ("files", "points", "logs"):
             (self.out / sub).mkdir(parents=True, exist_ok=True)
-        if not Path(src).exists():
-            raise InputError(f"model {src} does not exist; give an HF folder or an F16/F32 GGUF file")
         self.source = source_hash(self.src, self.out / "source.json")
         self.setup_key = setup.key_fields(_text_sha(setup.text), _text_sha(setup.task_text))
         self.f16_job = self.job_for(Point(16))
@@ -99,6 +99,8 @@ class Sweep:
 
     def reference(self, fresh: bool) -> dict:
         """The F16 file (made once, kept) and its measured result."""
+        if fresh:
+            self.f16_path.unlink(missing_ok=True)
         res = None if fresh else self.load(self.f16_job)
         if res is None or res.get("status") != "ok" or not self.f16_path.is_file():
             res = self.measure_quality(self.f16_job)

@@ -30,6 +30,13 @@ def _series(points: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def _short(r: dict) -> str:
+    """A point's name on the chart: its type or budget (edgeslim), its configuration (peers)."""
+    if r["method"] == "edgeslim":
+        return r["label"].replace("_G32", "").replace("_G64", "")
+    return r.get("config", r["label"])
+
+
 def _plot(ax, points: list[dict], y, front: list[dict], colors) -> None:
     """Series lines of y(r) against MB, and the front (step line, ringed points)."""
     for i, (name, pts) in enumerate(_series(points).items()):
@@ -38,8 +45,12 @@ def _plot(ax, points: list[dict], y, front: list[dict], colors) -> None:
             continue
         xs, ys = zip(*vals)
         style = "-" if pts[0]["method"] == "edgeslim" else "--"
-        ax.plot(xs, ys, style, marker=MARKERS.get(pts[0]["method"], "o"), ms=5, color=colors[i % len(colors)],
-                label=name)
+        color = colors[i % len(colors)]
+        ax.plot(xs, ys, style, marker=MARKERS.get(pts[0]["method"], "o"), ms=5, color=color, label=name)
+        for r in pts:
+            if y(r) is not None:
+                ax.annotate(_short(r), (r["file_bytes"] / 1e6, y(r)), xytext=(4, 3), textcoords="offset points",
+                            fontsize=6, color=color)
     fx = [r["file_bytes"] / 1e6 for r in front if y(r) is not None]
     fy = [y(r) for r in front if y(r) is not None]
     if fx:

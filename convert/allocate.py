@@ -49,8 +49,9 @@ program for small instances):
 
 Signals (what "cost" means; all reduce to per-tensor (bytes, cost) options):
 
-* uniform: one type for every tensor, the best of the family's ladder that
-  fits (block fallbacks as in the plan); no knapsack.
+* uniform: one type for every tensor, the best of the family's uniform
+  ladder (targets.LADDERS: Q2_K..Q8_0, F16) that fits (block fallbacks as in
+  the plan); no knapsack.
 * sensitivity: the measured squared error of each type, importance-weighted
   (E||(W - Q) x||^2 per token) when calibration statistics were given, else
   plain (inputs assumed of unit scale). Tensors lacking importance in a
@@ -58,7 +59,8 @@ Signals (what "cost" means; all reduce to per-tensor (bytes, cost) options):
   times the median `act_mean` of the calibrated ones, to share the units.
 * erank: a proxy that needs no calibration: numel * erank_fraction *
   relative error of the type (measured plain SSE / ||W||^2, or the nominal
-  4^-bpw model when errors were not measured). Every weight counts the same,
+  4^-bpw model when errors were not measured), times HEAD_WEIGHT for the
+  output head (output.weight, or a tied token_embd.weight). Every weight counts the same,
   scaled by how much of its matrix's dimensionality it uses: a matrix whose
   spectrum is spread (high erank fraction) has no redundant directions to
   absorb noise, a low-rank one does.
@@ -74,16 +76,23 @@ import re
 from dataclasses import dataclass
 
 from edgeslim.errors import FitError, InputError
-from edgeslim.targets import DEFAULT_CTX, OVERHEAD_BYTES, get_target, gib, kv_cache_bytes
-from edgeslim.tables import quant_info, sparse_info
+from edgeslim.targets import DEFAULT_CTX, LADDERS, OVERHEAD_BYTES, get_target, gib, kv_cache_bytes
+from edgeslim.tables import TensorNames, quant_info, sparse_info
 
-from .analyze import TensorAnalysis, effective_types, family_types, tensor_bytes, types_for
+from .analyze import TensorAnalysis
+from .candidates import effective_types, family_types, minimum_note, tensor_bytes, types_for
 
 SIGNALS = ("erank", "sensitivity", "uniform", "hybrid")
 # The default, chosen by measurement (scripts/bench_quality.py on the reference model,
 # docs/quality-ref.md): at 3.0-4.5 bpw erank's files had 0.57-0.61x the KL divergence
 # of sensitivity's at the same size, and lower dPPL at every size.
 DEFAULT_SIGNAL = "erank"
+# erank: the output head's error lands on the logits unfiltered, so its cost counts HEAD_WEIGHT times.
+# Measured on the demo model (tied head, erank + GPTQ, KL by llama-perplexity, docs/quality-ref.md),
+# KL with weight 1 -> 4 at the same file sizes: --bpw 3.0 0.0834 -> 0.1015 (worse: the head's bits
+# starve the rest), 3.5 0.0619 -> 0.0325, 4.0 0.0187 -> 0.0118, 4.5 0.0130 -> 0.0061; at 3.5 a
+# weight of 16 (head Q5_K) gave 0.0365.
+HEAD_WEIGHT = 4.0
 
 
 @dataclass(frozen=True)
@@ -182,7 +191,8 @@ def tensor_costs(analyses: list[TensorAnalysis], signal: str, types) -> list[dic
             raise InputError(f"the {signal} signal needs measured errors but {missing[0]} has none: "
                              "analyze with measure=True or use --allocate erank")
     if signal == "erank":
-        return [_erank_costs(a, types_for(types, a.name)) for a in analyses]
+        head = output_head(analyses)
+        return [_erank_costs(a, types_for(types, a.name), HEAD_WEIGHT if a.name == head else 1.0) for a in analyses]
     w = _weighted_errors(analyses, types)
     if signal == "hybrid":
         fracs = [a.stats["erank_fraction"] for a in analyses]
@@ -191,8 +201,17 @@ def tensor_costs(analyses: list[TensorAnalysis], signal: str, types) -> list[dic
     return w
 
 
-def _erank_costs(a: TensorAnalysis, types) -> dict[str, float]:
-    weight = a.numel * a.stats.get("erank_fraction", 1.0)  # unmeasured (uniform): nominal model only
+def output_head(analyses: list[TensorAnalysis]) -> str | None:
+    """The tensor that makes the logits: output.weight, or token_embd.weight when the head is tied to it."""
+    names = {a.name for a in analyses}
+    for n in (TensorNames.OUTPUT, TensorNames.TOKEN_EMBD):
+        if n in names:
+            return n
+    return None
+
+
+def _erank_costs(a: TensorAnalysis, types, scale: float = 1.0) -> dict[str, float]:
+    weight = scale * a.numel * a.stats.get("erank_fraction", 1.0)  # unmeasured (uniform): nominal model only
     energy = a.stats.get("energy", 0.0)
     out = {}
     for t in effective_types(types, a.shape[1]):
@@ -332,6 +351,18 @@ def exact_allocate(options: dict[str, list[Option]], budget: int) -> dict[str, O
     return {n: options[n][i] for n, i in zip(names, best[2])}
 
 
+def uniform_ladder(types, family: str):
+    """`types` (one ladder or {name: ladder}) cut to the family's uniform ladder (targets.LADDERS,
+    F16 on top; a sparse type counts by its value type), keeping the ladders' steps aligned."""
+    ladder = LADDERS.get(family)
+
+    def keep(ts):
+        values = [sparse_info(t).value if sparse_info(t) else t for t in ts]
+        return tuple(t for t, v in zip(ts, values) if ladder is None or v in ladder or v == "F16") or tuple(ts)
+
+    return {n: keep(ts) for n, ts in types.items()} if isinstance(types, dict) else keep(types)
+
+
 def uniform_allocate(options: dict[str, list[Option]], analyses: list[TensorAnalysis], types,
                      budget: int) -> tuple[str, dict[str, Option]]:
     """The best single step of the ladder (block fallbacks applied per tensor) whose total fits; with
@@ -414,14 +445,18 @@ def allocate(analyses: list[TensorAnalysis], budget_bytes: int, signal: str = DE
     names = [a.name for a in analyses]
     if len(set(names)) != len(names):
         raise InputError("allocate got the same tensor twice; pass each quantizable tensor once")
+    need, note = minimum_note({a.name: a.shape for a in analyses}, types)
+    if need > budget_bytes:
+        raise FitError(f"the budget is {gib(budget_bytes)} ({int(budget_bytes):,} bytes) but {note}; raise "
+                       "--bpw/--size, choose a bigger target or a smaller --ctx, or a smaller model")
     cost_signal = signal
     if signal == "uniform":  # costs only for the record: measured when available
         cost_signal = "sensitivity" if all(a.wsse for a in analyses) else "erank"
     costs = tensor_costs(analyses, cost_signal, types)
     options = {a.name: tensor_options(a, c) for a, c in zip(analyses, costs)}
     by_name = {a.name: a for a in analyses}
-    if signal == "uniform":
-        t, chosen = uniform_allocate(options, analyses, types, int(budget_bytes))
+    if signal == "uniform":  # one type of the family's uniform ladder (Q2_K..Q8_0), not every candidate
+        t, chosen = uniform_allocate(options, analyses, uniform_ladder(types, family), int(budget_bytes))
         return Allocation(signal, family, int(budget_bytes), chosen, by_name, uniform_type=t)
     chosen = greedy_allocate(options, int(budget_bytes))
     return Allocation(signal, family, int(budget_bytes), chosen, by_name,

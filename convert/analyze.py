@@ -49,9 +49,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeslim.errors import InputError
-from edgeslim.quants import dequantize, fallback_type, quantize
-from edgeslim.quants.sparse import sparse_fallback
-from edgeslim.tables import AFFINE_BITS, affine_name, quant_info, sparse_info
+from edgeslim.quants import dequantize, quantize
+from edgeslim.tables import quant_info, sparse_info
+
+# re-exported: callers import them here
+from .candidates import FAMILIES, effective_types, family_types, tensor_bytes, types_for  # noqa: F401
 
 OUTLIER_SIGMAS = 3.0
 EXACT_SVD_DIM = 512  # min(rows, cols) up to which np.linalg.svd is used directly
@@ -59,41 +61,6 @@ ERANK_MAX_DIM = 2048  # min(rows, cols) above which the spectrum is taken on a s
 ERR_MAX_WEIGHTS = 1 << 19  # weights quantized per type to estimate its error
 ERR_MIN_ROWS = 32
 _CHUNK = 1 << 20  # weights per float64 chunk in the moment sums
-
-GGML_LADDER = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
-FAMILIES = ("ggml", "affine")
-
-
-def family_types(family: str, group: int = 64, top_f16: bool = True) -> tuple[str, ...]:
-    """Candidate types of a family, smallest first: 2/3/4/5/6/8 bits (+ F16 on top).
-
-    ggml -> Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_0; affine -> AFFINE{2..8}_G{group}.
-    """
-    if family == "ggml":
-        types = GGML_LADDER
-    elif family == "affine":
-        types = tuple(affine_name(b, group) for b in AFFINE_BITS)
-    else:
-        raise InputError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
-    return types + (("F16",) if top_f16 else ())
-
-
-def effective_types(types, cols: int) -> list[str]:
-    """The types a matrix of `cols` columns really gets (block fallbacks applied), deduplicated.
-    A sparse type ("Q4_K@2:4") falls back in its value type, or to the value type's dense
-    fallback when the pattern cannot cut the row (quants.sparse.sparse_fallback)."""
-    out: list[str] = []
-    for t in types:
-        sp = sparse_info(t)
-        e = fallback_type(t, cols) if sp is None else (sparse_fallback(t, cols) or fallback_type(sp.value, cols))
-        if e not in out:
-            out.append(e)
-    return out
-
-
-def types_for(types, name: str) -> tuple[str, ...]:
-    """The candidate types of tensor `name`: `types` is one ladder for all, or {name: ladder}."""
-    return tuple(types[name]) if isinstance(types, dict) else tuple(types)
 
 
 # ---------------------------------------------------------------------------
@@ -330,11 +297,3 @@ def _col_energy(w: np.ndarray) -> np.ndarray:
 def type_bytes(qtype: str, numel: int) -> int:
     """Bytes a tensor of `numel` weights takes in `qtype` (affine: codes + scales + biases)."""
     return quant_info(qtype).nbytes(numel)
-
-
-def tensor_bytes(qtype: str, shape: tuple[int, int]) -> int:
-    """Bytes a (rows, cols) matrix takes in `qtype`, sparse types included (values + index)."""
-    sp = sparse_info(qtype)
-    if sp:
-        return sp.nbytes(int(shape[0]), int(shape[1]))
-    return type_bytes(qtype, int(shape[0]) * int(shape[1]))

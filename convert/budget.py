@@ -10,12 +10,15 @@
    header (measured, `header.header_bytes`) - alignment padding, so the file
    is at most S; `--target NAME`: usable memory - KV cache at `--ctx` -
    runtime overhead - unquantized tensors (`allocate.budget_from_target`).
-   When even the family's smallest types (Q2_K / AFFINE2) do not fit:
-   FitError with the numbers, before any measuring or writing.
+   When even each matrix's smallest fitting type does not fit: FitError with
+   the minimum and the tensors (row widths) that set it
+   (`candidates.minimum_note`), before any measuring or writing.
 2. (The measure pass: calibration importance and the analysis of every matrix.)
 3. Allocation (`allocate.allocate`): the signal's cost per (tensor, type),
-   convex-hull knapsack to the budget. Candidates: Q2_K..Q8_0 (ggml) or
-   AFFINE2..8_G{group} (affine), plus F16 on top for --bpw/--size; with
+   convex-hull knapsack to the budget. Candidates (convert/candidates.py): every
+   writable ggml type whose block divides the tensor's rows (K, IQ and 32-wide
+   legacy types) or AFFINE2..8_G{group} (affine), plus F16 on top for --bpw/--size
+   (with pruning: their sparse types, `candidate_types`); with
    --target the ladder stops at Q8_0 / AFFINE8 like the uniform picker (F16
    doubles the memory traffic for a difference below the noise of a benchmark).
 
@@ -32,7 +35,8 @@ from edgeslim.errors import FitError, InputError
 from edgeslim.targets import Fit, Target, gib, kv_cache_bytes
 
 from .allocate import allocate, budget_from_bpw, budget_from_size, budget_from_target, parse_size
-from .analyze import TensorAnalysis, effective_types, tensor_bytes, types_for
+from .analyze import TensorAnalysis
+from .candidates import minimum_note, types_for
 from .header import ALIGNMENT, header_bytes
 from .model import SourceModel, TensorSpec
 from .plan import Planned, PlanResult, planned_bytes
@@ -61,11 +65,10 @@ def matrices(model: SourceModel) -> tuple[list[TensorSpec], int]:
     return mats, sum(planned_bytes(s.shape, "F32") for s in model.tensors if s.name not in names)
 
 
-def min_bytes(mats: list[TensorSpec], types) -> int:
-    """Bytes of every matrix at its smallest candidate type (block fallbacks applied; `types`: one
-    ladder or {name: ladder})."""
-    return sum(min(tensor_bytes(t, s.shape) for t in effective_types(types_for(types, s.name), int(s.shape[1])))
-               for s in mats)
+def min_bytes(mats: list[TensorSpec], types) -> tuple[int, str]:
+    """(bytes of every matrix at its smallest fitting type, what sets that minimum: candidates.minimum_note);
+    `types`: one ladder or {name: ladder}."""
+    return minimum_note({s.name: (int(s.shape[0]), int(s.shape[1])) for s in mats}, types)
 
 
 def report_bound(mats: list[TensorSpec]) -> int:
@@ -90,23 +93,21 @@ def make_budget(model: SourceModel, mats: list[TensorSpec], fixed: int, types, f
                 tgt: Target | None, ctx: int, prune_json: str | None = None) -> Budget:
     """The byte budget for `kind`; FitError with the numbers when even the smallest types do not fit.
     prune_json: the `edgeslim.prune` key the header will hold (--size counts it)."""
-    need = min_bytes(mats, types)
+    need, note = min_bytes(mats, types)
     n = sum(s.n_elements for s in mats)
-    smallest = types_for(types, mats[0].name)[0] if mats else "F32"  # for the messages
     if kind == "target":
         kv = kv_cache_bytes(model.n_layers, ctx, model.n_kv_heads, model.head_dim)
-        least = Fit(smallest, ctx, fixed + need, kv, tgt)
+        least = Fit("the minimum", ctx, fixed + need, kv, tgt)
         if not least.fits:
             raise FitError(f"the model does not fit {tgt.name} even at the smallest {family} types: "
-                           f"{least.short()}; choose a bigger target, a smaller --ctx or a smaller model")
+                           f"{least.short()} ({note}); choose a bigger target, a smaller --ctx or a smaller model")
         return Budget(kind, tgt.name, budget_from_target(tgt.name, model.n_layers, model.n_kv_heads,
                                                           model.head_dim, ctx, fixed))
     if kind == "bpw":
         budget = budget_from_bpw(value, n)
         if need > budget:
-            raise FitError(f"--bpw {value} gives {gib(budget)} ({budget:,} bytes) for {n:,} matrix weights but even "
-                           f"the smallest {family} types ({smallest}) need {gib(need)} ({8 * need / n:.3f} bits per "
-                           f"weight); give --bpw {math.ceil(800 * need / n) / 100} or more")
+            raise FitError(f"--bpw {value} gives {gib(budget)} ({budget:,} bytes) for {n:,} matrix weights but "
+                           f"{note}; give --bpw {math.ceil(800 * need / n) / 100} or more")
         return Budget(kind, float(value), budget)
     size = parse_size(value) if isinstance(value, str) else int(value)
     if size <= 0:
@@ -118,8 +119,7 @@ def make_budget(model: SourceModel, mats: list[TensorSpec], fixed: int, types, f
     budget = budget_from_size(size, fixed, header + padding)
     if need > budget:
         raise FitError(f"--size {value} leaves {gib(budget)} ({budget:,} bytes) for the weight matrices "
-                       f"(unquantized tensors {gib(fixed)}, header {gib(header + padding)}) but even the smallest "
-                       f"{family} types ({smallest}) need {gib(need)}; give --size "
+                       f"(unquantized tensors {gib(fixed)}, header {gib(header + padding)}) but {note}; give --size "
                        f"{math.ceil((size - budget + need) / 1e4) / 100} MB or more")
     return Budget(kind, value, budget)
 

@@ -17,8 +17,9 @@ COMMANDS = {
     "inspect": ("edgeslim.inspect", "list a GGUF file's tensors, types, sizes and edgeslim metadata"),
     "generate": ("edgeslim.runtime.cli_generate", "generate text from a prompt"),
     "chat": ("edgeslim.runtime.cli_chat", "chat with a model in the terminal"),
-    "eval": ("edgeslim.runtime.cli_eval", "perplexity on a text file (llama-perplexity's windows)"),
+    "eval": ("edgeslim.runtime.cli_eval", "perplexity, KL divergence against a base file, and task accuracy"),
     "serve": ("edgeslim.runtime.server.cli", "OpenAI-compatible local server and chat page"),
+    "sweep": ("edgeslim.sweep.cli", "convert a grid of bits/sparsity/allocations and chart quality, speed, size"),
 }
 
 

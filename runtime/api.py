@@ -33,7 +33,7 @@ from .backends import get_backend
 from .generate import DEFAULT_BATCH, GenerationStats, Session, check_prompt, generate
 from .handle import Generation, SessionPool
 from .loader import ModelFile, open_model
-from .perplexity import PerplexityResult, perplexity
+from .perplexity import KLResult, PerplexityResult, kl_divergence, perplexity
 from .sampling import SamplingParams
 
 DEFAULT_CTX = 4096  # n_ctx when not given: min(the model's context_length, this)
@@ -266,6 +266,26 @@ class Model:
         bos = self.tokenizer.bos_id if self.tokenizer.add_bos else None
         with self._hold(blocking):
             return perplexity(Session(self._backend, n_ctx, self.n_batch), tokens, bos, n_chunks, on_chunk)
+
+    def kl_divergence(self, base: "Model", text: str, n_ctx: int | None = None, n_chunks: int | None = None,
+                      on_chunk=None, blocking: bool = True) -> KLResult:
+        """KL(base || self) per token on text, with llama-perplexity --kl-divergence's windows and positions.
+
+        base: the reference Model (e.g. the F16 file); both must share a tokenizer. The two models run
+        window by window in turn, so only one window's logits of each are held at a time.
+        """
+        if not text:
+            raise InputError("the text is empty; give a text file with content")
+        if base.tokenizer.vocab_size != self.tokenizer.vocab_size:
+            raise InputError(f"the base model's vocabulary ({base.tokenizer.vocab_size} tokens) differs from this "
+                             f"model's ({self.tokenizer.vocab_size}); compare files of the same model")
+        tokens = list(self.tokenizer.encode(text, add_bos=None, parse_special=False))
+        n_ctx = self.n_ctx if n_ctx is None else int(n_ctx)
+        bos = self.tokenizer.bos_id if self.tokenizer.add_bos else None
+        other = contextlib.nullcontext() if base is self else base._hold(blocking)  # one lock, taken once
+        with self._hold(blocking), other:
+            return kl_divergence(Session(self._backend, n_ctx, self.n_batch),
+                                 Session(base._backend, n_ctx, base.n_batch), tokens, bos, n_chunks, on_chunk)
 
     def close(self) -> None:
         """Drop the cache and weights (the Model is unusable afterwards)."""

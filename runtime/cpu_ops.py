@@ -32,6 +32,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from .threads import Chooser, serial_and_parallel
+
 _TWO112 = np.float32(2.0 ** 112)
 _HIDDEN = np.float32(-3.0e38)  # score of a masked key
 
@@ -272,10 +274,13 @@ def _attend(qkv, n_head, cos, sin, neox, kc, vc, start, scale, window, ring):
 
 
 # Two compilations of one body: below PARALLEL_ATTN_WORK (kv elements read per call) a
-# parallel region costs more than it saves (measured: ~58 us per layer at ~70 positions).
-attend_serial = njit(cache=True, fastmath=True)(_attend)
-attend_parallel = njit(cache=True, parallel=True, fastmath=True)(_attend)
+# parallel region costs more than it saves (measured: ~58 us per layer at ~70 positions);
+# above it the kernels' chooser runs whichever copy has been cheaper lately (a busy machine
+# makes parallel regions wait for the scheduler: threads.py).
+attend_serial, attend_parallel = serial_and_parallel(_attend, fastmath=True)
 PARALLEL_ATTN_WORK = 1 << 18
+ATTN_CHOOSER = Chooser(PARALLEL_ATTN_WORK)
+_ATTEND = (attend_serial, attend_parallel)
 
 
 def attend_f16(qkv, n_head, cos, sin, neox, kc, vc, start, scale=None, window=0, ring=0):
@@ -284,6 +289,6 @@ def attend_f16(qkv, n_head, cos, sin, neox, kc, vc, start, scale=None, window=0,
     hd = kc.shape[1]
     seen = start + qkv.shape[0] if ring == 0 else min(ring, start + qkv.shape[0])
     work = kc.shape[0] * hd * seen * (n_head // kc.shape[0])
-    fn = attend_parallel if work >= PARALLEL_ATTN_WORK else attend_serial
     scale = 1.0 / math.sqrt(hd) if scale is None else scale
-    return fn(qkv, n_head, cos, sin, neox, kc, vc, start, float(scale), int(window), int(ring))
+    return ATTN_CHOOSER.call(work, qkv.shape[0] > 1, _ATTEND, qkv, n_head, cos, sin, neox, kc, vc, start,
+                             float(scale), int(window), int(ring))

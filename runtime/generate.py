@@ -204,6 +204,7 @@ class Decoder:
         self.decoder = tokenizer.stream_decoder(prev_id=history[-1])
         self.stopper = StopMatcher(stop)
         self.n_tok = tokenizer.vocab_size  # the embedding may have padding rows past the vocabulary: never pick them
+        self.banned = np.array(sorted(tokenizer.eog_ids), np.int64) if sampler.p.ignore_eos else None
         self.i, self.hit, self.done = 0, False, max_tokens == 0
         if self.done:
             stats.finish_reason = "length"
@@ -213,7 +214,11 @@ class Decoder:
 
     def step(self, logits: np.ndarray) -> tuple[str, int | None]:
         """Choose a token from logits (V,); (text to emit, the token to feed next or None when finished)."""
-        tok = self.sampler(logits[:self.n_tok], self.history)
+        logits = logits[:self.n_tok]  # (V,)
+        if self.banned is not None and len(self.banned):
+            logits = logits.copy()
+            logits[self.banned[self.banned < self.n_tok]] = -np.inf
+        tok = self.sampler(logits, self.history)
         if self.tokenizer.is_eog(tok):
             self._finish("eog")
             return "", None

@@ -26,6 +26,7 @@ class SamplingParams:
     repeat_penalty: float = 1.0  # 1.0 = off; >1 discourages tokens seen in the last repeat_last_n
     repeat_last_n: int = 64
     seed: int | None = None  # None = fresh entropy each call
+    ignore_eos: bool = False  # never pick an end-of-generation token (llama.cpp's --ignore-eos; for benchmarks)
 
     def checked(self) -> "SamplingParams":
         """Self, or InputError naming the bad value."""

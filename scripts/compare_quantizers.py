@@ -8,7 +8,8 @@ edgeslim/quants/ggml_ref.py) or EDGESLIM_GGML_LIB pointing at a libggml-base.
 Errors are relative RMS; with an importance vector both are importance-weighted
 (llama.cpp refuses IQ2_XXS / IQ2_XS / IQ1_S without one: those rows are imatrix-only).
 "ours Mw/s" is our quantizer's throughput in million weights per CPU-second of this
-process (process_time: meaningful on a busy machine; numpy runs single-threaded here).
+process (process_time: meaningful on a busy machine; numpy runs single-threaded here),
+after one untimed call per type (numba's one-time compile or cache load is not counted).
 Also prints MLX's affine error next to ours when mlx is installed.
 """
 from __future__ import annotations
@@ -55,6 +56,7 @@ def compare_ggml(mats, types):
         for qtype in types:
             if w.shape[1] % quant_info(qtype).block:
                 continue
+            Q.quantize(w[:1], qtype, imp)  # warm-up: the lattice types' numba search compiles (or loads) once
             for im in ((imp,) if qtype in NEEDS_IMATRIX else (None, imp)):
                 c = np.ones(w.shape[1], np.float32) if im is None else im
                 t0 = time.process_time()
@@ -82,6 +84,7 @@ def time_gptq(rows: int, cols: int, types) -> None:
     for qtype in types:
         if cols % quant_info(qtype).block:
             continue
+        gptq_quantize(w[:1], prep, qtype)  # warm-up (numba compile or cache load)
         t0 = time.process_time()
         gptq_quantize(w, prep, qtype)
         dt = time.process_time() - t0

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 "$PY" -c "import torch" 2>/dev/null || pip_install "torch==2.13.0"
-extras="convert,serve,dev"
+extras="convert,serve,dev,charts"
 case "$(uname -s)-$(uname -m)" in
   Darwin-arm64) extras="$extras,mlx" ;;
   Linux-*) "$PY" -c "import mlx.core" 2>/dev/null || pip_install "mlx[cpu]" || echo "note: mlx[cpu] not installed; MLX tests will skip" >&2 ;;
@@ -40,3 +40,5 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "note: ${missing[*]} missing (needs root + apt-get); the browser/desktop tests will skip" >&2
   fi
 fi
+# mlx-lm: a peer that `edgeslim sweep` and scripts/bench_quality.py compare against (optional)
+"$PY" -c "import mlx_lm" 2>/dev/null || pip_install mlx-lm || echo "note: mlx-lm not installed; sweeps skip its files" >&2

@@ -27,6 +27,7 @@ Usage:
     python scripts/train_reference_model.py --bench 5                # time 5 steps, save nothing
     python scripts/train_reference_model.py --minutes 1 --out /tmp/refsmoke   # smoke run
     python scripts/train_reference_model.py                          # the 60-minute run
+    python scripts/train_reference_model.py --geometry w576          # 576-wide (SmolLM2-like) model
 """
 from __future__ import annotations
 
@@ -45,6 +46,14 @@ import train_demo_model as demo  # noqa: E402  (same folder; importing it has no
 
 CORPORA = demo.REPO.parent / "shared" / "data" / "corpora"
 DEFAULT_OUT = Path.home() / ".cache" / "edgeslim" / "reference-model"
+# --geometry presets: shape flags and output folder. "k256": every row length a multiple of
+# 256 (every K/IQ type applies); "w576": SmolLM2-135M's widths (hidden 576 = 9 heads of 64,
+# 3 KV heads, ffn 1536) at 4 layers, so most rows need the 32-wide legacy types.
+GEOMETRIES = {
+    "k256": {"hidden": 512, "intermediate": 1024, "heads": 8, "kv_heads": 4, "out": DEFAULT_OUT},
+    "w576": {"hidden": 576, "intermediate": 1536, "heads": 9, "kv_heads": 3,
+             "out": DEFAULT_OUT.with_name("reference-model-576")},
+}
 HELD_OUT = "wikitext-2/test.txt"  # the benchmark's evaluation text: never trained on
 SOURCES = {  # name -> path under CORPORA
     "tinystories": "tinystories/tinystories_val.txt",
@@ -158,6 +167,16 @@ def drop_chat_template(out: Path) -> None:
     path.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
+def width_note(cfg: dict) -> str:
+    """One sentence on which ggml block widths the model's rows allow."""
+    widths = {cfg["hidden_size"], cfg["intermediate_size"]}
+    if all(w % 256 == 0 for w in widths):
+        return "Every matrix row length is a multiple of 256, so every k-quant applies without fallback."
+    odd = ", ".join(str(w) for w in sorted(widths) if w % 256)
+    return (f"Rows of length {odd} are not multiples of 256: K and IQ types cannot hold them, "
+            "so those tensors need the 32-wide legacy types (Q4_0 ... Q8_0, IQ4_NL).")
+
+
 def write_card(out: Path, args, stats: dict, curve: list[dict], sample: str, command: str) -> None:
     """README.md (how it was made, losses, data) and training.json (the same as numbers)."""
     cfg = json.loads((out / "config.json").read_text())
@@ -169,8 +188,7 @@ def write_card(out: Path, args, stats: dict, curve: list[dict], sample: str, com
         "# edgeslim reference model",
         "",
         "A small Llama-architecture LM trained from scratch by `scripts/train_reference_model.py`",
-        "for edgeslim's quality benchmark (`scripts/bench_quality.py`). Every matrix row length",
-        "is a multiple of 256, so every k-quant applies without fallback.",
+        "for edgeslim's quality benchmark (`scripts/bench_quality.py`). " + width_note(cfg),
         "",
         "## Shape",
         "",
@@ -230,14 +248,23 @@ def parse_args(argv=None):
     """Command-line flags; defaults are the benchmark's reference configuration."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--corpora", type=Path, default=CORPORA, help="../shared/data/corpora")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    demo.add_training_args(p, minutes=60.0, vocab=4096, hidden=512, intermediate=1024, layers=4, heads=8,
-                           kv_heads=4, ctx=1024, seq_len=512, batch=4, lr=2e-3, log_every=20, val_windows=12)
+    p.add_argument("--geometry", choices=sorted(GEOMETRIES), default="k256",
+                   help="shape preset: k256 (rows multiples of 256, the default) or w576 (SmolLM2-135M's "
+                        "widths); --hidden/--intermediate/--heads/--kv-heads/--out override it")
+    p.add_argument("--out", type=Path, default=None, help=f"output folder (default {DEFAULT_OUT}, or the "
+                   "geometry's)")
+    demo.add_training_args(p, minutes=60.0, vocab=4096, hidden=None, intermediate=None, layers=4, heads=None,
+                           kv_heads=None, ctx=1024, seq_len=512, batch=4, lr=2e-3, log_every=20, val_windows=12)
     p.add_argument("--tie", action="store_true", help="tie the output head to the embedding")
     args = p.parse_args(argv)
+    for name, value in GEOMETRIES[args.geometry].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     for name in ("hidden", "intermediate"):
-        if getattr(args, name) % 256:
-            p.error(f"--{name} must be a multiple of 256 (the k-quant super-block)")
+        if getattr(args, name) % 32:
+            p.error(f"--{name} must be a multiple of 32 (the smallest ggml block)")
+    if args.hidden % args.heads or args.heads % args.kv_heads:
+        p.error("--hidden must divide into --heads, and --heads into --kv-heads")
     return args
 
 

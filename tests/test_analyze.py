@@ -105,9 +105,10 @@ def test_tensor_stats_with_importance():
 def test_type_errors_fall_with_bits_and_match_direct_measurement():
     rng = np.random.default_rng(6)
     w = rng.standard_normal((8, 512)).astype(np.float32)
-    errs = A.type_errors(w, A.family_types("ggml"))
-    order = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "F16"]
+    order = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "F16"]  # one family line: error falls with bits
+    errs = A.type_errors(w, order)
     assert list(errs) == order
+    assert list(A.type_errors(w, A.family_types("ggml"))) == list(A.family_types("ggml"))  # every candidate
     assert all(errs[a] > errs[b] for a, b in zip(order, order[1:]))
     direct = float(((dequantize(quantize(w, "Q4_K")) - w).astype(np.float64) ** 2).sum())
     assert errs["Q4_K"] == pytest.approx(direct, rel=1e-9)
@@ -126,7 +127,8 @@ def test_weighted_error_is_importance_times_column_error():
 
 def test_fallback_types_are_the_keys():
     w = np.random.default_rng(8).standard_normal((4, 96)).astype(np.float32)  # 96 % 256 != 0, 96 % 64 != 0
-    assert list(A.type_errors(w, A.family_types("ggml"))) == ["IQ4_NL", "Q5_0", "Q5_1", "Q8_0", "F16"]
+    keys = list(A.type_errors(w, A.family_types("ggml")))  # the 32-wide types and the fallbacks onto them
+    assert set(keys) == {"IQ4_NL", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "F16"} and len(keys) == len(set(keys))
     assert list(A.type_errors(w, A.family_types("affine"))) == [f"AFFINE{b}_G32" for b in (2, 3, 4, 5, 6, 8)] + ["F16"]
 
 
@@ -196,8 +198,9 @@ def test_analyze_file_dequantizes_every_stored_type(tmp_path):
     assert [r["type"] for r in rows] == ["F16", "Q4_K", "AFFINE4_G64"]
     for r in rows:
         assert r["erank"] == pytest.approx(A.effective_rank(want[r["name"]])[0])
-    rel = [rows[0]["errors"][t]["rel_rms"] for t in A.family_types("ggml")]
+    rel = [rows[0]["errors"][t]["rel_rms"] for t in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "F16")]
     assert all(x > y for x, y in zip(rel, rel[1:]))
+    assert set(rows[0]["errors"]) == set(A.family_types("ggml"))
     # values already on the Q4_K grid: re-quantizing to Q4_K is nearly lossless, unlike Q3_K
     assert rows[1]["errors"]["Q4_K"]["rel_rms"] < 0.01 < 0.1 < rows[1]["errors"]["Q3_K"]["rel_rms"]
     json.dumps(rows)

@@ -43,10 +43,9 @@ ROWS, COLS = 24, 512
 
 
 # ----------------------------------------------------------------------------- builders
-def ggml_raw(qtype, rows, cols, rng, iq1m_delta_bits=0x88):
-    """Random valid blocks: random payload bytes, small finite f16 scales.  IQ1_M keeps its d in
-    the top nibbles of its four u16 scales; its delta bits are OR-ed with `iq1m_delta_bits`
-    (gguf-py's IQ1_M reference reads every delta as -1/8, right only where the bit is set)."""
+def ggml_raw(qtype, rows, cols, rng):
+    """Random valid blocks: random payload bytes (IQ1_M: delta signs of both kinds), small finite
+    f16 scales.  IQ1_M keeps its d in the top nibbles of its four u16 scales."""
     info = quant_info(qtype)
     nb = cols // info.block
     raw = rng.integers(0, 256, (rows, nb, info.block_bytes), dtype=np.uint8)
@@ -60,7 +59,6 @@ def ggml_raw(qtype, rows, cols, rng, iq1m_delta_bits=0x88):
         d = rng.uniform(-0.02, 0.02, (rows, nb, 1)).astype(np.float16).view("<u2")
         nib = np.concatenate([(d >> (4 * i)) & 15 for i in range(4)], axis=-1).astype("<u2")
         raw[..., f["scales"]] = ((sc & 0x0FFF) | (nib << 12)).view(np.uint8)
-        raw[..., f["qh"]] |= np.uint8(iq1m_delta_bits)
     return raw.reshape(rows, -1)
 
 
@@ -225,30 +223,10 @@ def test_legacy_rows_with_a_tail(qtype):
         check_linear(p, ref, rng, Ts=(1, 3) if qtype in BATCHED else (1,))
 
 
-def _ggml_to_float(lib, qtype, raw):
-    """llama.cpp's own dequantization (ggml type traits' to_float) of (rows, row_bytes) blocks."""
-    import ctypes
-
-    class Traits(ctypes.Structure):
-        _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64),
-                    ("blck_size_interleave", ctypes.c_int64), ("type_size", ctypes.c_size_t),
-                    ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p), ("from_float_ref", ctypes.c_void_p)]
-
-    lib.ggml_get_type_traits.restype = ctypes.POINTER(Traits)
-    lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
-    tr = lib.ggml_get_type_traits(int(GGMLType[qtype])).contents
-    to_float = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(tr.to_float)
-    raw = np.ascontiguousarray(raw)
-    n = raw.size // quant_info(qtype).block_bytes * quant_info(qtype).block
-    out = np.empty(n, np.float32)
-    to_float(raw.ctypes.data, out.ctypes.data, n)
-    return out.reshape(raw.shape[0], -1)
-
-
 @pytest.mark.parametrize("qtype", GGML_QUANT)
 def test_dequantize_matches_llamacpp(qtype):
-    """Against llama.cpp itself (its compiled to_float), random blocks including IQ1_M deltas of both
-    signs.  Equal up to 1 ulp: the C code may fuse a multiply-add that gguf-py rounds twice."""
+    """Against llama.cpp itself (its compiled to_float).  Equal up to 1 ulp: the C code may fuse a
+    multiply-add that gguf-py rounds twice."""
     from edgeslim.quants import ggml_ref
 
     lib = ggml_ref.load()
@@ -256,8 +234,8 @@ def test_dequantize_matches_llamacpp(qtype):
         pytest.skip("llama.cpp's ggml library is not installed")
     rng = np.random.default_rng(16)
     cols = 512 if quant_info(qtype).block > 32 else 288
-    raw = ggml_raw(qtype, 6, cols, rng, iq1m_delta_bits=0)
-    ref = _ggml_to_float(lib, qtype, raw)
+    raw = ggml_raw(qtype, 6, cols, rng)
+    ref = ggml_ref.to_float(raw, qtype)
     np.testing.assert_array_max_ulp(K.dequantize(K.prepare(qtype, raw, (6, cols))), ref, maxulp=1)
 
 
@@ -367,3 +345,25 @@ def test_offset_terms_use_quantized_activation_sums(qtype):
     ref = x @ dequantize(q).T
     y = K.linear(p, x)
     assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 0.011
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0", "IQ2_XS", "F16", "AFFINE4_G32"])
+def test_serial_and_parallel_copies_agree(qtype, monkeypatch):
+    """The driver's serial and parallel copies (runtime/threads.py picks one per call) give the same bits."""
+    from edgeslim.runtime.kernels import driver
+    from edgeslim.runtime.threads import PARALLEL, SERIAL, Fixed
+
+    rng = np.random.default_rng(21)
+    if qtype.startswith("AFFINE"):
+        kw = affine_case(qtype, ROWS, COLS, rng)[0]
+        p = K.prepare(qtype, kw.pop("data"), (ROWS, COLS), **kw)
+    else:
+        data = float_case(qtype, ROWS, COLS, rng)[0] if qtype == "F16" else ggml_raw(qtype, ROWS, COLS, rng)
+        p = K.prepare(qtype, data, (ROWS, COLS))
+    x = rng.standard_normal((3, COLS)).astype(np.float32)
+    out = {}
+    for v in (SERIAL, PARALLEL):
+        monkeypatch.setattr(driver, "CHOOSER", Fixed(v))
+        out[v] = [K.linear(p, x[:1]), K.linear(p, x), K.dequantize(p)]
+    for a, b in zip(out[SERIAL], out[PARALLEL]):
+        np.testing.assert_array_equal(a, b)

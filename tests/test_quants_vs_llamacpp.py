@@ -83,3 +83,47 @@ def test_error_not_above_llamacpp(qtype, case, use_importance):
     ours = _rel_rms(w, Q.dequantize(Q.quantize(w, qtype, imp)), c)
     theirs = _rel_rms(w, Q.dequantize_raw(ggml_ref.quantize(w, qtype, imp), qtype, w.shape), c)
     assert ours <= theirs * (1 + EPS), f"{qtype} {case}: ours {ours:.6f} > llama.cpp {theirs:.6f}"
+
+
+def _random_blocks(qtype: str, n_blocks: int, seed: int) -> np.ndarray:
+    """Random block bytes with finite, realistic fp16 scales (IQ1_M: d spread over the scales' top nibbles)."""
+    from edgeslim.tables import block_fields, quant_info
+
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, (n_blocks, quant_info(qtype).block_bytes), dtype=np.uint8)
+    for name, sl in block_fields(qtype).items():
+        if name in ("d", "dmin", "m"):
+            raw[:, sl] = (rng.standard_normal(n_blocks) * 0.01).astype("<f2").view(np.uint8).reshape(-1, 2)
+    if qtype == "IQ1_M":
+        raw[:, 55] &= 0xBF  # d's top exponent bit clear: finite
+    return raw
+
+
+@pytest.mark.parametrize("qtype", K_TYPES + ZOO_TYPES)
+def test_reference_decoders_match_llamacpp(qtype):
+    """Our numpy decoders against llama.cpp's own to_float (its dequantize_row_*), random blocks: within
+    1 ulp (the C code may fuse a multiply-add that numpy rounds twice)."""
+    raw = _random_blocks(qtype, 24, seed=len(qtype))
+    ref = ggml_ref.to_float(raw, qtype)
+    ours = Q.dequantize_raw(raw, qtype, ref.shape)
+    np.testing.assert_array_max_ulp(ours, ref, maxulp=1)
+
+
+def test_iq1_m_delta_signs_as_llamacpp():
+    """IQ1_M: a clear delta bit means grid + 1/8, a set one grid - 1/8 (llama.cpp's dequantize_row_iq1_m).
+    gguf-py's `np.where(qh & 0x08 == 0, delta, -delta)` reads the same: in Python `&` binds tighter
+    than `==` (unlike C), so it is (qh & 0x08) == 0 -- not a bug (an earlier note here said it was)."""
+    import gguf
+
+    from edgeslim.quants import iq1
+
+    d, l = np.float32(0.5), np.zeros((1, 16), np.int64)  # every sub-scale 2 l + 1 = 1
+    idx = np.zeros((1, 32), np.int64)
+    dneg = np.zeros((1, 32), bool)
+    dneg[0, 1::2] = True  # groups 1, 3, 5, ...: delta negative (nibble bit 3 of the odd groups' qh)
+    raw = iq1.pack_m(np.array([d]), l, idx, dneg)
+    want = d * (iq1.GRID[0].astype(np.float32)[None, :] + np.where(dneg[0, :, None], -0.125, 0.125))  # (32, 8)
+    ref = ggml_ref.to_float(raw, "IQ1_M").reshape(32, 8)
+    np.testing.assert_array_equal(ref, want)
+    np.testing.assert_array_equal(iq1.decode_m(raw).reshape(32, 8), want)
+    np.testing.assert_array_equal(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.IQ1_M).reshape(32, 8), want)

@@ -143,3 +143,51 @@ def test_ternary_search_is_exact(qtype):
         t = np.clip(np.rint(x[0] / d), -1, 1)
         best = min(best, float((imp * (x[0] - d * t) ** 2).sum()))
     assert got <= best * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("qtype", ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S"])
+def test_lattice_nearest_is_exact(qtype):
+    """lattice_nearest's bounded search returns the brute-force optimum over the whole grid (importance-
+    weighted, with and without a required sign flip, either delta sign for IQ1, cold and warm-started)."""
+    from edgeslim.quants import lattice_nearest as LN
+    spec = {"IQ2_XXS": iq2.XXS, "IQ2_XS": iq2.XS, "IQ2_S": iq2.S, "IQ3_XXS": iq3.XXS, "IQ3_S": iq3.S,
+            "IQ1_S": iq1.S}[qtype]
+    t, D, n = spec.index, spec.dim, 300
+    rng = np.random.default_rng(len(qtype))
+    x = rng.standard_normal((n, D)).astype(np.float32)
+    x[:10] = 0.0  # zero slots: every point ties
+    a = x if spec.signed else np.abs(x)
+    w = (rng.gamma(0.5, 2.0, (n, D)) + 1e-3).astype(np.float32)
+    a64, w64 = a.astype(np.float64)[:, None], w.astype(np.float64)[:, None]  # (n, 1, D)
+    for shift in ((spec.delta, -spec.delta) if spec.delta else (0.0,)):
+        G = spec.grid.astype(np.float64) + shift  # (P, D)
+        e = (np.abs(a).max(1) / np.abs(G).max() * rng.uniform(0.6, 1.4, n)).astype(np.float32)
+        ev = e.astype(np.float64)
+        err = (w64 * (a64 - ev[:, None, None] * G) ** 2).sum(-1)  # (n, P) brute force
+        flip_err = err + (4 * ev[:, None, None] * w64 * a64 * G).min(-1)  # with the cheapest flip
+        mode, pair = np.zeros(n, np.int8), np.zeros(0, np.intp)
+        if spec.parity:  # 1: flipped; 2, 3: both, as the two slots of a pair that flips one sign
+            mode[:] = rng.integers(0, 3, n)
+            pair = np.nonzero(mode[0::2] == 2)[0] * 2
+            mode[pair + 1] = 3
+        want = [np.where(mode[:, None] == 1, flip_err, err), flip_err]
+        warm = np.full((2, n), -1, np.int32)
+        for _ in range(2):
+            out_i, out_f = np.empty((2, n, 2), np.int32), np.empty((2, n, 3))
+            LN.nearest_points(a, w, e, mode, shift, t.levels, t.codes, t.M, t.ptr, t.yu, t.yv, t.pts, warm,
+                              out_i, out_f)
+            if spec.parity:  # a pair's flip goes where it costs less: row 0 holds the pair's exact optimum
+                best = np.minimum(flip_err[pair].min(1) + err[pair + 1].min(1), err[pair].min(1) + flip_err[pair + 1].min(1))
+                np.testing.assert_allclose(out_f[0, pair, 0] + out_f[0, pair + 1, 0], best, rtol=1e-9, atol=1e-30)
+                assert ((out_i[0, pair, 1] >= 0) != (out_i[0, pair + 1, 1] >= 0)).all()
+            single = np.setdiff1d(np.arange(n), np.concatenate([pair, pair + 1]))
+            for r, rows in ((0, single), (1, np.setdiff1d(np.nonzero(mode == 2)[0], pair))):
+                g, flip, got = out_i[r, rows, 0], out_i[r, rows, 1], out_f[r, rows, 0]
+                np.testing.assert_allclose(got, want[r][rows].min(1), rtol=1e-9, atol=1e-30)
+                np.testing.assert_allclose(got, want[r][rows, g], rtol=1e-9, atol=1e-30)
+                assert ((flip >= 0) == ((mode[rows] == 1) | (r == 1))).all()
+                # the error from the point's statistics: sum w a^2 - 2 e m1 + e^2 m2
+                stats = ((w64[rows, 0] * a64[rows, 0] ** 2).sum(1) - 2 * ev[rows] * out_f[r, rows, 1]
+                         + ev[rows] ** 2 * out_f[r, rows, 2])
+                np.testing.assert_allclose(stats, got, rtol=1e-6, atol=1e-9)
+            warm = np.roll(out_i[:, :, 0], 1, axis=1)  # a wrong start must not change the answer

@@ -94,6 +94,15 @@ def test_seed_stop_and_sampling(client):
     assert a.startswith(cut.choices[0].message.content)
 
 
+def test_ignore_eos_runs_past_the_end_of_the_story(client):
+    kw = dict(model="m", prompt="Once upon a time", max_tokens=400, temperature=0)
+    natural = client.completions.create(**kw)
+    assert natural.choices[0].finish_reason == "stop" and natural.usage.completion_tokens < 400
+    longer = client.completions.create(extra_body={"ignore_eos": True}, **kw)
+    assert longer.choices[0].finish_reason == "length" and longer.usage.completion_tokens == 400
+    assert longer.choices[0].text.startswith(natural.choices[0].text)
+
+
 def test_a_conversation_reuses_its_cached_prefix(client):
     msgs = [{"role": "system", "content": "You tell short stories."}] + STORY
     first = client.chat.completions.create(model="m", messages=msgs, max_tokens=20, temperature=0)
@@ -122,6 +131,7 @@ BAD_BODIES = [
     ({"messages": STORY, "stop": ["a", "b", "c", "d", "e"]}, "at most 4"),
     ({"messages": STORY, "n": 2}, "'n' must be 1"),
     ({"messages": STORY, "seed": 1.5}, "'seed'"),
+    ({"messages": STORY, "ignore_eos": "yes"}, "'ignore_eos'"),
     ({"messages": STORY, "tools": [{"type": "function"}]}, "not supported"),
     ({"messages": STORY, "logprobs": True}, "logprobs"),
     ({"messages": STORY, "max_tokens": 100000}, "exceed the context"),
@@ -246,8 +256,8 @@ def test_time_limit_ends_a_long_generation(demo_gguf, tmp_path):
     srv = start_server(demo_gguf, tmp_path / "t.log", "--backend", "numpy", "--timeout", "0.4")
     try:
         t0 = time.monotonic()
-        r = httpx.post(srv.base + "/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 500},
-                       timeout=60)
+        r = httpx.post(srv.base + "/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 500,
+                                                                "ignore_eos": True}, timeout=60)
         took = time.monotonic() - t0
         body = r.json()
         assert r.status_code == 200 and body["choices"][0]["finish_reason"] == "length"

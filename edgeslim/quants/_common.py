@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..tables import quant_info
+
 
 FP16_MAX = 65504.0
 
@@ -37,3 +39,8 @@ def safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 def wsum(a: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     """Sum over the last axis, weighted by w when given."""
     return (a.sum(-1) if w is None else (a * w).sum(-1))
+
+
+def empty_blocks(name: str, n: int) -> np.ndarray:
+    """(n, block bytes) uint8 to fill: one row per ggml block of type `name` (fields: tables.block_fields)."""
+    return np.empty((n, quant_info(name).block_bytes), np.uint8)

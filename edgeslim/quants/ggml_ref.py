@@ -69,3 +69,27 @@ def quantize(w: np.ndarray, qtype: str, importance: np.ndarray | None = None) ->
                                 None if imat is None else imat.ctypes.data)
     assert n == out.nbytes, (n, out.nbytes)
     return out
+
+
+def to_float(raw: np.ndarray, qtype: str) -> np.ndarray:
+    """llama.cpp's own dequantization (its type traits' to_float) of (rows, row_bytes) uint8 blocks:
+    float32 (rows, cols).  The ground truth the references and kernels are checked against."""
+    lib = load()
+    if lib is None:
+        raise RuntimeError("llama.cpp's ggml library is not installed (pip install llama-cpp-python)")
+
+    class Traits(ctypes.Structure):  # the leading fields of ggml's struct ggml_type_traits
+        _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64),
+                    ("blck_size_interleave", ctypes.c_int64), ("type_size", ctypes.c_size_t),
+                    ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p)]
+
+    lib.ggml_get_type_traits.restype = ctypes.POINTER(Traits)
+    lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    tr = lib.ggml_get_type_traits(int(GGMLType[qtype.upper()])).contents
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(tr.to_float)
+    raw = np.ascontiguousarray(raw, np.uint8)
+    info = quant_info(qtype)
+    n = raw.size // info.block_bytes * info.block
+    out = np.empty(n, np.float32)
+    fn(raw.ctypes.data, out.ctypes.data, n)
+    return out.reshape(raw.shape[0], -1)

@@ -35,14 +35,13 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from ..tables import QK_K
-from ._common import fp16_bytes, fp16_from_bytes
+from ..tables import QK_K, block_fields
+from ._common import empty_blocks, fp16_bytes, fp16_from_bytes
 from .lattice import Lattice, gguf_grid, search
 
 GRID = gguf_grid(gguf.quants.IQ1_S)  # (2048, 8) int8 in {-1, 0, 1}
 DELTA = float(gguf.quants.IQ1_S.delta)  # 0.125
-S_BYTES = 50
-M_BYTES = 56
+_FS, _FM = block_fields("IQ1_S"), block_fields("IQ1_M")  # byte ranges
 HALF = GRID.shape[0]  # search index >= HALF: the point shifted by -DELTA
 
 S = Lattice(GRID, sub=32, mult=1.0, parity=False, lmax=7, signed=True, delta=DELTA, shared_delta=True)
@@ -62,15 +61,19 @@ def pack_s(d: np.ndarray, l: np.ndarray, idx: np.ndarray, dneg: np.ndarray) -> n
     idx = idx.astype(np.uint16)
     hi = ((idx >> 8).reshape(B, 8, 4) << (3 * np.arange(4, dtype=np.uint16))).sum(-1, dtype=np.uint16)
     qh = (hi | (np.asarray(l).astype(np.uint16) << 12) | (dneg.astype(np.uint16) << 15)).astype("<u2")
-    return np.concatenate([fp16_bytes(d), (idx & 255).astype(np.uint8), qh.view(np.uint8).reshape(B, 16)], axis=1)
+    out = empty_blocks("IQ1_S", B)
+    out[:, _FS["d"]] = fp16_bytes(d)
+    out[:, _FS["qs"]] = (idx & 255).astype(np.uint8)
+    out[:, _FS["qh"]] = qh.view(np.uint8).reshape(B, 16)
+    return out
 
 
 def unpack_s(raw: np.ndarray):
     """(B, 50) -> l (B, 8), idx (B, 32), dneg (B, 8) bool."""
     B = raw.shape[0]
-    qh = np.ascontiguousarray(raw[:, 34:50]).view("<u2")  # (B, 8)
+    qh = np.ascontiguousarray(raw[:, _FS["qh"]]).view("<u2")  # (B, 8)
     hi = (qh[:, :, None] >> (3 * np.arange(4, dtype=np.uint16))) & 7  # (B, 8, 4)
-    idx = raw[:, 2:34].astype(np.uint16) | (hi.reshape(B, 32) << 8)
+    idx = raw[:, _FS["qs"]].astype(np.uint16) | (hi.reshape(B, 32) << 8)
     return (qh >> 12) & 7, idx, (qh >> 15).astype(bool)
 
 
@@ -89,7 +92,7 @@ def decode_s(raw: np.ndarray) -> np.ndarray:
     """(B, 50) uint8 -> (B, 256) float32, bit-exact with gguf-py: (d (2 l + 1)) (grid + delta)."""
     l, idx, dneg = unpack_s(raw)
     B = raw.shape[0]
-    dl = (fp16_from_bytes(raw[:, :2]) * (2 * l + 1).astype(np.float32))[:, :, None]  # (B, 8, 1)
+    dl = (fp16_from_bytes(raw[:, _FS["d"]]) * (2 * l + 1).astype(np.float32))[:, :, None]  # (B, 8, 1)
     g = GRID.astype(np.float32)[idx].reshape(B, 8, 32) + _delta(dneg)[:, :, None]
     return (dl * g).reshape(B, QK_K)
 
@@ -107,18 +110,22 @@ def pack_m(d: np.ndarray, l: np.ndarray, idx: np.ndarray, dneg: np.ndarray) -> n
         -1, dtype=np.uint16)
     dbits = np.ascontiguousarray(fp16_bytes(d)).view("<u2")  # (B, 1)
     sc |= ((dbits >> (4 * np.arange(4, dtype=np.uint16))) & 0xF) << 12
-    return np.concatenate([(idx & 255).astype(np.uint8), qh, sc.astype("<u2").view(np.uint8).reshape(B, 8)], axis=1)
+    out = empty_blocks("IQ1_M", B)
+    out[:, _FM["qs"]] = (idx & 255).astype(np.uint8)
+    out[:, _FM["qh"]] = qh
+    out[:, _FM["scales"]] = sc.astype("<u2").view(np.uint8).reshape(B, 8)
+    return out
 
 
 def unpack_m(raw: np.ndarray):
     """(B, 56) -> d (B,) float32, l (B, 16), idx (B, 32), dneg (B, 32) bool."""
     B = raw.shape[0]
-    sc = np.ascontiguousarray(raw[:, 48:56]).view("<u2")  # (B, 4)
+    sc = np.ascontiguousarray(raw[:, _FM["scales"]]).view("<u2")  # (B, 4)
     dbits = ((sc >> 12) << (4 * np.arange(4, dtype=np.uint16))).sum(-1, dtype=np.uint16).astype("<u2")
     d = dbits.view(np.float16).astype(np.float32)
     l = ((sc[:, :, None] >> (3 * np.arange(4, dtype=np.uint16))) & 7).reshape(B, 16)
-    nib = (raw[:, 32:48, None] >> np.array([0, 4], np.uint8)).reshape(B, 32)
-    idx = raw[:, :32].astype(np.uint16) | ((nib & 7).astype(np.uint16) << 8)
+    nib = (raw[:, _FM["qh"], None] >> np.array([0, 4], np.uint8)).reshape(B, 32)
+    idx = raw[:, _FM["qs"]].astype(np.uint16) | ((nib & 7).astype(np.uint16) << 8)
     return d, l, idx, (nib & 8).astype(bool)
 
 
@@ -134,7 +141,9 @@ def encode_m(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 
 
 def decode_m(raw: np.ndarray) -> np.ndarray:
-    """(B, 56) uint8 -> (B, 256) float32, bit-exact with gguf-py: (d (2 l + 1)) (grid + delta)."""
+    """(B, 56) uint8 -> (B, 256) float32: (d (2 l + 1)) (grid + delta), a set delta bit meaning -1/8.
+    Bit-exact with gguf-py and within 1 ulp of llama.cpp's dequantize_row_iq1_m (both read the sign
+    the same way: tests/test_quants_vs_llamacpp.py::test_iq1_m_delta_signs_as_llamacpp)."""
     d, l, idx, dneg = unpack_m(raw)
     B = raw.shape[0]
     dl = (d[:, None] * (2 * l + 1).astype(np.float32))[:, :, None]  # (B, 16, 1)

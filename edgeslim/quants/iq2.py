@@ -42,8 +42,8 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from ..tables import QK_K
-from ._common import fp16_bytes, fp16_from_bytes
+from ..tables import QK_K, block_fields
+from ._common import empty_blocks, fp16_bytes, fp16_from_bytes
 from .lattice import Lattice, gguf_grid, search
 
 GRID_XXS = gguf_grid(gguf.quants.IQ2_XXS)  # (256, 8) int8 in {8, 25, 43}
@@ -51,6 +51,8 @@ GRID_XS = gguf_grid(gguf.quants.IQ2_XS)  # (512, 8) int8
 GRID_S = gguf_grid(gguf.quants.IQ2_S)  # (1024, 8) int8
 KSIGNS = np.frombuffer(gguf.quants.IQ2_XXS.ksigns, np.uint8).copy()  # (128,) uint8
 SIGN_BITS = np.unpackbits(KSIGNS[:, None], axis=1, bitorder="little").astype(bool)  # (128, 8) minus signs
+
+_FXXS, _FXS, _FS = (block_fields(n) for n in ("IQ2_XXS", "IQ2_XS", "IQ2_S"))  # byte ranges
 
 XXS = Lattice(GRID_XXS, sub=32, mult=0.125, parity=True)
 XS = Lattice(GRID_XS, sub=16, mult=0.125, parity=True)
@@ -95,13 +97,16 @@ def pack_xxs(d: np.ndarray, l: np.ndarray, idx: np.ndarray, neg: np.ndarray) -> 
     hi = (s << (7 * np.arange(4, dtype=np.uint32))).sum(-1, dtype=np.uint32) | (l.astype(np.uint32) << 28)
     lo = np.ascontiguousarray(idx.astype(np.uint8).reshape(B, 8, 4)).view("<u4")[:, :, 0]
     words = np.stack([lo, hi], axis=2).astype("<u4")  # (B, 8, 2)
-    return np.concatenate([fp16_bytes(d), words.view(np.uint8).reshape(B, 64)], axis=1)
+    out = empty_blocks("IQ2_XXS", B)
+    out[:, _FXXS["d"]] = fp16_bytes(d)
+    out[:, _FXXS["qs"]] = words.view(np.uint8).reshape(B, 64)
+    return out
 
 
 def unpack_xxs(raw: np.ndarray):
     """(B, 66) -> l (B, 8), idx (B, 32), neg (B, 256)."""
     B = raw.shape[0]
-    q = np.ascontiguousarray(raw[:, 2:]).view("<u4").reshape(B, 8, 2)
+    q = np.ascontiguousarray(raw[:, _FXXS["qs"]]).view("<u4").reshape(B, 8, 2)
     idx = np.ascontiguousarray(q[:, :, 0]).view(np.uint8).reshape(B, 32)
     s = (q[:, :, 1:2] >> (7 * np.arange(4, dtype=np.uint32))) & 127  # (B, 8, 4)
     return (q[:, :, 1] >> 28).astype(np.uint8), idx, SIGN_BITS[s].reshape(B, QK_K)
@@ -116,7 +121,7 @@ def encode_xxs(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 def decode_xxs(raw: np.ndarray) -> np.ndarray:
     """(B, 66) uint8 -> (B, 256) float32, bit-exact with gguf-py."""
     l, idx, neg = unpack_xxs(raw)
-    return _values(raw[:, :2], l, GRID_XXS, idx, neg, 32)
+    return _values(raw[:, _FXXS["d"]], l, GRID_XXS, idx, neg, 32)
 
 
 # ---------------------------------------------------------------------------
@@ -127,14 +132,18 @@ def pack_xs(d: np.ndarray, l: np.ndarray, idx: np.ndarray, neg: np.ndarray) -> n
     B = idx.shape[0]
     s = sign_index(neg.reshape(B, 32, 8)).astype(np.uint16)
     qs = (idx.astype(np.uint16) | (s << 9)).astype("<u2")
-    return np.concatenate([fp16_bytes(d), qs.view(np.uint8).reshape(B, 64), _pack_nibble_scales(l)], axis=1)
+    out = empty_blocks("IQ2_XS", B)
+    out[:, _FXS["d"]] = fp16_bytes(d)
+    out[:, _FXS["qs"]] = qs.view(np.uint8).reshape(B, 64)
+    out[:, _FXS["scales"]] = _pack_nibble_scales(l)
+    return out
 
 
 def unpack_xs(raw: np.ndarray):
     """(B, 74) -> l (B, 16), idx (B, 32), neg (B, 256)."""
     B = raw.shape[0]
-    qs = np.ascontiguousarray(raw[:, 2:66]).view("<u2")  # (B, 32)
-    return _nibble_scales(raw[:, 66:74]), qs & 511, SIGN_BITS[qs >> 9].reshape(B, QK_K)
+    qs = np.ascontiguousarray(raw[:, _FXS["qs"]]).view("<u2")  # (B, 32)
+    return _nibble_scales(raw[:, _FXS["scales"]]), qs & 511, SIGN_BITS[qs >> 9].reshape(B, QK_K)
 
 
 def encode_xs(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
@@ -146,7 +155,7 @@ def encode_xs(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 def decode_xs(raw: np.ndarray) -> np.ndarray:
     """(B, 74) uint8 -> (B, 256) float32, bit-exact with gguf-py."""
     l, idx, neg = unpack_xs(raw)
-    return _values(raw[:, :2], l, GRID_XS, idx, neg, 16)
+    return _values(raw[:, _FXS["d"]], l, GRID_XS, idx, neg, 16)
 
 
 # ---------------------------------------------------------------------------
@@ -158,17 +167,22 @@ def pack_s(d: np.ndarray, l: np.ndarray, idx: np.ndarray, neg: np.ndarray) -> np
     idx = idx.astype(np.uint16)
     signs = np.packbits(neg.reshape(B, 32, 8), axis=-1, bitorder="little")[..., 0]
     hi = (idx >> 8).astype(np.uint8).reshape(B, 8, 4) << (2 * np.arange(4, dtype=np.uint8))
-    qh = np.bitwise_or.reduce(hi, axis=2)
-    return np.concatenate([fp16_bytes(d), (idx & 255).astype(np.uint8), signs, qh, _pack_nibble_scales(l)], axis=1)
+    out = empty_blocks("IQ2_S", B)
+    out[:, _FS["d"]] = fp16_bytes(d)
+    out[:, _FS["qs"]] = (idx & 255).astype(np.uint8)
+    out[:, _FS["signs"]] = signs
+    out[:, _FS["qh"]] = np.bitwise_or.reduce(hi, axis=2)
+    out[:, _FS["scales"]] = _pack_nibble_scales(l)
+    return out
 
 
 def unpack_s(raw: np.ndarray):
     """(B, 82) -> l (B, 16), idx (B, 32), neg (B, 256)."""
     B = raw.shape[0]
-    hi = (raw[:, 66:74, None] >> (2 * np.arange(4, dtype=np.uint8))) & 3  # (B, 8, 4)
-    idx = raw[:, 2:34].astype(np.uint16) | (hi.reshape(B, 32).astype(np.uint16) << 8)
-    neg = np.unpackbits(raw[:, 34:66], axis=1, bitorder="little").astype(bool)
-    return _nibble_scales(raw[:, 74:82]), idx, neg
+    hi = (raw[:, _FS["qh"], None] >> (2 * np.arange(4, dtype=np.uint8))) & 3  # (B, 8, 4)
+    idx = raw[:, _FS["qs"]].astype(np.uint16) | (hi.reshape(B, 32).astype(np.uint16) << 8)
+    neg = np.unpackbits(raw[:, _FS["signs"]], axis=1, bitorder="little").astype(bool)
+    return _nibble_scales(raw[:, _FS["scales"]]), idx, neg
 
 
 def encode_s(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
@@ -180,7 +194,7 @@ def encode_s(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 def decode_s(raw: np.ndarray) -> np.ndarray:
     """(B, 82) uint8 -> (B, 256) float32, bit-exact with gguf-py."""
     l, idx, neg = unpack_s(raw)
-    return _values(raw[:, :2], l, GRID_S, idx, neg, 16)
+    return _values(raw[:, _FS["d"]], l, GRID_S, idx, neg, 16)
 
 
 # type -> (search spec, pack(d, l, idx, neg)): what vector GPTQ (convert/gptq_vq.py) needs

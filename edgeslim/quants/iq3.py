@@ -37,13 +37,15 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from ..tables import QK_K
-from ._common import fp16_bytes, fp16_from_bytes
+from ..tables import QK_K, block_fields
+from ._common import empty_blocks, fp16_bytes, fp16_from_bytes
 from .iq2 import SIGN_BITS, sign_index
 from .lattice import Lattice, gguf_grid, search
 
 GRID_XXS = gguf_grid(gguf.quants.IQ3_XXS)  # (256, 4) int8
 GRID_S = gguf_grid(gguf.quants.IQ3_S)  # (512, 4) int8
+
+_FXXS, _FS = block_fields("IQ3_XXS"), block_fields("IQ3_S")  # byte ranges
 
 XXS = Lattice(GRID_XXS, sub=32, mult=0.25, parity=True)
 S = Lattice(GRID_S, sub=32, mult=1.0, parity=False)
@@ -67,15 +69,19 @@ def pack_xxs(d: np.ndarray, l: np.ndarray, idx: np.ndarray, neg: np.ndarray) -> 
     s = sign_index(neg.reshape(B, 32, 8)).astype(np.uint32).reshape(B, 8, 4)
     words = ((s << (7 * np.arange(4, dtype=np.uint32))).sum(-1, dtype=np.uint32)
              | (np.asarray(l).astype(np.uint32) << 28)).astype("<u4")
-    return np.concatenate([fp16_bytes(d), idx.astype(np.uint8), words.view(np.uint8).reshape(B, 32)], axis=1)
+    out = empty_blocks("IQ3_XXS", B)
+    out[:, _FXXS["d"]] = fp16_bytes(d)
+    out[:, _FXXS["qs"]] = idx.astype(np.uint8)
+    out[:, _FXXS["sas"]] = words.view(np.uint8).reshape(B, 32)
+    return out
 
 
 def unpack_xxs(raw: np.ndarray):
     """(B, 98) -> l (B, 8), idx (B, 64), neg (B, 256)."""
     B = raw.shape[0]
-    words = np.ascontiguousarray(raw[:, 66:98]).view("<u4")  # (B, 8)
+    words = np.ascontiguousarray(raw[:, _FXXS["sas"]]).view("<u4")  # (B, 8)
     s = (words[:, :, None] >> (7 * np.arange(4, dtype=np.uint32))) & 127  # (B, 8, 4)
-    return (words >> 28).astype(np.uint8), raw[:, 2:66], SIGN_BITS[s].reshape(B, QK_K)
+    return (words >> 28).astype(np.uint8), raw[:, _FXXS["qs"]], SIGN_BITS[s].reshape(B, QK_K)
 
 
 def encode_xxs(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
@@ -87,7 +93,7 @@ def encode_xxs(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 def decode_xxs(raw: np.ndarray) -> np.ndarray:
     """(B, 98) uint8 -> (B, 256) float32, bit-exact with gguf-py: ((d (0.5 + l) 0.5) grid) sign."""
     l, idx, neg = unpack_xxs(raw)
-    d = fp16_from_bytes(raw[:, :2])
+    d = fp16_from_bytes(raw[:, _FXXS["d"]])
     db = (d * (np.float32(0.5) + l.astype(np.float32)) * np.float32(0.5))[:, :, None]
     return (db * _grid_values(GRID_XXS, idx) * _signs(neg)).reshape(-1, QK_K)
 
@@ -102,16 +108,21 @@ def pack_s(d: np.ndarray, l: np.ndarray, idx: np.ndarray, neg: np.ndarray) -> np
     qh = np.packbits((idx >> 8).astype(np.uint8).reshape(B, 8, 8), axis=-1, bitorder="little")[..., 0]
     signs = np.packbits(neg.reshape(B, 32, 8), axis=-1, bitorder="little")[..., 0]
     l = np.asarray(l).astype(np.uint8)
-    return np.concatenate([fp16_bytes(d), (idx & 255).astype(np.uint8), qh, signs, l[:, 0::2] | (l[:, 1::2] << 4)],
-                          axis=1)
+    out = empty_blocks("IQ3_S", B)
+    out[:, _FS["d"]] = fp16_bytes(d)
+    out[:, _FS["qs"]] = (idx & 255).astype(np.uint8)
+    out[:, _FS["qh"]] = qh
+    out[:, _FS["signs"]] = signs
+    out[:, _FS["scales"]] = l[:, 0::2] | (l[:, 1::2] << 4)
+    return out
 
 
 def unpack_s(raw: np.ndarray):
     """(B, 110) -> l (B, 8), idx (B, 64), neg (B, 256)."""
-    hi = np.unpackbits(raw[:, 66:74], axis=1, bitorder="little").astype(np.uint16)  # (B, 64)
-    idx = raw[:, 2:66].astype(np.uint16) | (hi << 8)
-    neg = np.unpackbits(raw[:, 74:106], axis=1, bitorder="little").astype(bool)
-    l = (raw[:, 106:110, None] >> np.array([0, 4], np.uint8)).reshape(-1, 8) & 0xF
+    hi = np.unpackbits(raw[:, _FS["qh"]], axis=1, bitorder="little").astype(np.uint16)  # (B, 64)
+    idx = raw[:, _FS["qs"]].astype(np.uint16) | (hi << 8)
+    neg = np.unpackbits(raw[:, _FS["signs"]], axis=1, bitorder="little").astype(bool)
+    l = (raw[:, _FS["scales"], None] >> np.array([0, 4], np.uint8)).reshape(-1, 8) & 0xF
     return l, idx, neg
 
 
@@ -124,7 +135,7 @@ def encode_s(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 def decode_s(raw: np.ndarray) -> np.ndarray:
     """(B, 110) uint8 -> (B, 256) float32, bit-exact with gguf-py: (d (1 + 2 l)) grid sign."""
     l, idx, neg = unpack_s(raw)
-    db = (fp16_from_bytes(raw[:, :2]) * (1 + 2 * l).astype(np.float32))[:, :, None]
+    db = (fp16_from_bytes(raw[:, _FS["d"]]) * (1 + 2 * l).astype(np.float32))[:, :, None]
     return (db * _grid_values(GRID_S, idx) * _signs(neg)).reshape(-1, QK_K)
 
 

@@ -33,8 +33,8 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from ..tables import QK_K
-from ._common import f16, fp16_bytes, fp16_from_bytes
+from ..tables import QK_K, block_fields
+from ._common import empty_blocks, f16, fp16_bytes, fp16_from_bytes
 from .legacy import pack_nibbles, unpack_nibbles
 from .search import from_elem_major, sym_quantize, sym_refine_f16, sym_subblock_fit, to_elem_major
 
@@ -47,8 +47,7 @@ _LUT_IDX = np.searchsorted(_MID, np.arange(-_LUT_HALF, _LUT_HALF) / 2 + 0.25).as
 _LUT_VAL = _KF[_LUT_IDX]
 BLOCK = 32
 SUB = 32
-NL_BYTES = 18
-XS_BYTES = 136
+_NL, _XS = block_fields("IQ4_NL"), block_fields("IQ4_XS")  # byte ranges of each block's fields
 # scale candidates: (table value the block's extreme weight maps to, rounding-threshold shift)
 FACTORS = (tuple((-127.0 + 3 * k, o) for k in range(-3, 4) for o in (-2.0, 0.0, 2.0))
            + tuple((113.0 + 3 * k, 0.0) for k in range(-2, 3)))
@@ -86,17 +85,20 @@ def encode_nl(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 
 def pack_nl(d: np.ndarray, code: np.ndarray) -> np.ndarray:
     """d (B,) (stored as fp16), code (B, 32) in [0, 15] -> (B, 18) uint8."""
-    return np.concatenate([fp16_bytes(d), pack_nibbles(code)], axis=1)
+    out = empty_blocks("IQ4_NL", code.shape[0])
+    out[:, _NL["d"]] = fp16_bytes(d)
+    out[:, _NL["qs"]] = pack_nibbles(code)
+    return out
 
 
 def unpack_params_nl(raw: np.ndarray) -> np.ndarray:
     """(B, 18) -> d (B,) float32."""
-    return fp16_from_bytes(raw[:, :2])[:, 0]
+    return fp16_from_bytes(raw[:, _NL["d"]])[:, 0]
 
 
 def decode_nl(raw: np.ndarray) -> np.ndarray:
     """(B, 18) uint8 -> (B, 32) float32, as gguf-py computes it: d * KVALUES[code]."""
-    return fp16_from_bytes(raw[:, :2]) * _KF[unpack_nibbles(raw[:, 2:])]
+    return fp16_from_bytes(raw[:, _NL["d"]]) * _KF[unpack_nibbles(raw[:, _NL["qs"]])]
 
 
 # ---------------------------------------------------------------------------
@@ -113,27 +115,27 @@ def encode_xs(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 def pack_xs(d: np.ndarray, q: np.ndarray, code: np.ndarray) -> np.ndarray:
     """d (B,) (stored as fp16), q (B, 8) sub-scales in [-32, 31], code (B, 256) in [0, 15] -> (B, 136) uint8."""
     ls = (np.asarray(q) + 32).astype(np.uint16)  # (B, 8) six bits
-    out = np.empty((ls.shape[0], XS_BYTES), np.uint8)
-    out[:, 0:2] = fp16_bytes(d)
+    out = empty_blocks("IQ4_XS", ls.shape[0])
+    out[:, _XS["d"]] = fp16_bytes(d)
     h = np.bitwise_or.reduce((ls >> 4) << (2 * np.arange(8, dtype=np.uint16)), axis=1).astype("<u2")
-    out[:, 2:4] = h.view(np.uint8).reshape(-1, 2)
+    out[:, _XS["scales_h"]] = h.view(np.uint8).reshape(-1, 2)
     lo = (ls & 0xF).astype(np.uint8)
-    out[:, 4:8] = lo[:, 0::2] | (lo[:, 1::2] << 4)
-    out[:, 8:] = pack_nibbles(code)
+    out[:, _XS["scales_l"]] = lo[:, 0::2] | (lo[:, 1::2] << 4)
+    out[:, _XS["qs"]] = pack_nibbles(code)
     return out
 
 
 def unpack_params_xs(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(B, 136) -> d (B,) float32, q (B, 8) int8 sub-scales in [-32, 31]."""
-    h = np.ascontiguousarray(raw[:, 2:4]).view("<u2")  # (B, 1)
+    h = np.ascontiguousarray(raw[:, _XS["scales_h"]]).view("<u2")  # (B, 1)
     hi = ((h >> (2 * np.arange(8, dtype=np.uint16))) & 3).astype(np.uint8)  # (B, 8)
-    lo = (raw[:, 4:8, None] >> np.array([0, 4], np.uint8)).reshape(-1, 8) & 0xF
-    return fp16_from_bytes(raw[:, :2])[:, 0], (lo | (hi << 4)).astype(np.int8) - np.int8(32)
+    lo = (raw[:, _XS["scales_l"], None] >> np.array([0, 4], np.uint8)).reshape(-1, 8) & 0xF
+    return fp16_from_bytes(raw[:, _XS["d"]])[:, 0], (lo | (hi << 4)).astype(np.int8) - np.int8(32)
 
 
 def decode_xs(raw: np.ndarray) -> np.ndarray:
     """(B, 136) uint8 -> (B, 256) float32, as gguf-py computes it: (d * q) * KVALUES[code]."""
     d, q = unpack_params_xs(raw)
     dl = (d[:, None] * q.astype(np.float32))[:, :, None]  # (B, 8, 1)
-    vals = _KF[unpack_nibbles(raw[:, 8:])].reshape(-1, 8, SUB)
+    vals = _KF[unpack_nibbles(raw[:, _XS["qs"]])].reshape(-1, 8, SUB)
     return (dl * vals).reshape(-1, QK_K)

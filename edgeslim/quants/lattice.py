@@ -18,18 +18,19 @@ values {-1, 0, 1} shifted by +-delta: its points searched are
 [GRID + delta; GRID - delta] against the signed weights, with no sign bits
 (IQ1_S: one delta sign per sub-block, chosen per sub-block in every pass).
 
-Nearest grid point, by brute force: with a = |x| and importances w over a
-slot, the weighted error of grid point g at scale e is
+Nearest grid point: with a = |x| and importances w over a slot, the weighted
+error of grid point g at scale e is
 
-    sum w a^2 - 2 e M1[g] + e^2 M2[g],   M1 = (w a) . G[g],   M2 = w . G[g]^2
+    sum w a^2 - 2 e M1[g] + e^2 M2[g],   M1 = (w a) . G[g] (signs applied),   M2 = w . G[g]^2
 
-so M1, M2 (slots, P) come from two small matrix products once per chunk, and
-every later assignment at any per-slot scale is one fused pass
-(e M2 - 2 M1) and an argmin.  The parity flip is folded into M1 (an odd
-slot's M1 loses 2 min_i w_i a_i g_i over the cheapest weights to flip); for
-4-wide slots the flip may fall in either slot of the group, so both versions
-are kept and each odd group takes the better pair.  Exact (every grid point
-is tried, with the importances), unlike a nearest-cell neighbour list.
+and its minimum over the whole grid is found exactly, but without trying
+every point (`lattice_nearest.py`: the error is a sum over coordinates, so
+per-quarter error tables bound whole families of points; a slot reads a few
+short lists of the grid, starting from its previous answer).  An odd parity
+group's flip goes to the weight where it costs least (exactly, over the
+whole group); for 4-wide slots the flip may fall in either slot of the group
+and each odd group takes the better pair.  Unlike llama.cpp's nearest-cell
+neighbour lists this is the exact weighted optimum.
 
 Scales:
   1. per sub-block, candidate float scales (its largest |x| mapped around the
@@ -52,6 +53,8 @@ modules.  Hand-written: no field library quantizes to ggml's lattice formats
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -59,13 +62,15 @@ from ..tables import QK_K
 from ._common import f16, safe_div
 from .search import sym_choose
 
+if TYPE_CHECKING:  # lattice_nearest imports numba (0.7 s): only when a lattice type is searched
+    from .lattice_nearest import Slots
+
 F64 = np.float64
 T_CANDIDATES = (0.85, 1.0, 1.2)  # sub-block max |x| -> grid's top value * t
 N_LLOYD = 1
 N_SUPER = 2  # rounds of (fp16 d and sub-scales, re-assignment)
-N_FLIP = 3  # cheapest weights considered for the parity flip of an 8-wide slot
 FLAT_RATIO = 1.5  # a sub-block whose max |x| is below 1.5x its mean |x| also tries the flat candidate
-CHUNK_ELEMS = 1 << 20  # slots * grid points per chunk: the (slots, P) cost tables stay a few MB
+CHUNK_BLOCKS = 256  # super-blocks per chunk: the per-chunk arrays stay in cache
 
 
 def gguf_grid(cls) -> np.ndarray:
@@ -91,7 +96,7 @@ class Lattice:
     def dim(self) -> int:
         return self.grid.shape[1]
 
-    @property
+    @cached_property
     def values(self) -> np.ndarray:
         """The points searched, float32 (P', D): the grid, or [grid + delta; grid - delta]."""
         g = self.grid.astype(np.float32)
@@ -100,6 +105,18 @@ class Lattice:
     def scale(self, d: np.ndarray, l: np.ndarray) -> np.ndarray:
         """Sub-block scale as the decoders compute it: (d * (0.5 + l)) * 2 mult, float32."""
         return (d * (np.float32(0.5) + np.asarray(l, np.float32))).astype(np.float32) * np.float32(2 * self.mult)
+
+    @cached_property
+    def index(self):
+        """The grid as lattice_nearest searches it: levels (L,) float32 sorted values, codes (P, D) int32
+        level index of every coordinate, and the lists by first half (lattice_nearest.split_grid)."""
+        from .lattice_nearest import split_grid
+
+        levels = np.unique(self.grid).astype(np.float32)
+        codes = np.searchsorted(levels, self.grid.astype(np.float32)).astype(np.int32)
+        t = split_grid(codes, len(levels))
+        t.levels, t.codes = levels, codes
+        return t
 
     @property
     def flat_level(self) -> float:
@@ -118,116 +135,18 @@ class Codes:
     neg: np.ndarray  # (B, 256) bool, minus signs (even count per 8 under the parity rule)
 
 
+def _flip_signs(neg: np.ndarray, flip: np.ndarray) -> np.ndarray:
+    """neg (Ns, D) minus signs with the parity flips applied: flip (Ns,) the flipped coordinate or -1."""
+    rows = np.nonzero(flip >= 0)[0]
+    neg[rows, flip[rows]] ^= True
+    return neg
+
+
 def search(spec: Lattice, x: np.ndarray, w: np.ndarray | None) -> Codes:
     """(B, 256) float32 weights [, importances (B, 256)] -> Codes (see module doc)."""
-    B = x.shape[0]
-    P, D = spec.values.shape
-    step = max(1, CHUNK_ELEMS // (P * (QK_K // D)))
+    B, step = x.shape[0], CHUNK_BLOCKS
     parts = [_search_chunk(spec, x[b:b + step], None if w is None else w[b:b + step]) for b in range(0, B, step)]
     return Codes(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("d", "l", "idx", "neg")))
-
-
-class _Tables:
-    """Per-chunk cost tables: M1 / M2 (slots, P) and, for 4-wide parity slots, M1 with a flip."""
-
-    def __init__(self, spec: Lattice, a: np.ndarray, w: np.ndarray, neg: np.ndarray):
-        G = spec.values  # (P, D) float32
-        D = spec.dim
-        self.spec, self.G = spec, G
-        same_w = w.ndim == 2 and w.strides[0] == 0  # one weight row for every row (vector GPTQ's metric)
-        self.A, self.W = a.reshape(-1, D), w.reshape(-1, D)  # (Ns, D)
-        self.WA = self.W * self.A
-        # c_einsum, not BLAS: for an inner dimension of 4-8 it is several times faster (and single-threaded);
-        # with the grid transposed (contiguous over P) its inner loop vectorizes
-        GT = np.ascontiguousarray(G.T)  # (D, P)
-        self.M1 = np.einsum("nd,dp->np", self.WA, GT)  # (Ns, P)
-        if same_w:  # the row's slots' M2, repeated
-            self.M2 = np.tile(np.einsum("nd,dp->np", w[0].reshape(-1, D), GT * GT), (w.shape[0], 1))
-        else:
-            self.M2 = np.einsum("nd,dp->np", self.W, GT * GT)
-        self.M1f = self.odd = None
-        if spec.parity:
-            self.odd = (neg.reshape(-1, 8).sum(1) % 2).astype(bool)  # (Ng,)
-            self.flip_cand = np.argsort(self.WA, axis=1)[:, :N_FLIP]  # (Ns, N_FLIP) cheapest weights to flip
-            if D == 8:  # a group is a slot: fold the flip into the odd slots' M1
-                rows = np.nonzero(self.odd)[0]
-                self.M1[rows] -= 2 * self._penalty(rows)
-            else:  # 4-wide slots: the flip may go to either slot of an odd group; keep both versions there
-                self.odd_slots = np.nonzero(np.repeat(self.odd, 8 // D))[0]
-                self.odd_pos = np.full(len(self.WA), -1, np.intp)
-                self.odd_pos[self.odd_slots] = np.arange(len(self.odd_slots))
-                self.M1f = self.M1[self.odd_slots] - 2 * self._penalty(self.odd_slots)  # (n_odd, P)
-                self.M2f = self.M2[self.odd_slots]
-        self.N1 = -2 * self.M1
-        self.N1f = None if self.M1f is None else -2 * self.M1f
-        self.C = np.empty_like(self.M1)
-
-    def _penalty(self, rows: np.ndarray) -> np.ndarray:
-        """min over the flip candidates c of w_c a_c G[g, c], for the given slots: (len(rows), P)."""
-        GT = self.G.T  # (D, P)
-        pen = None
-        for k in range(self.flip_cand.shape[1]):
-            c = self.flip_cand[rows, k]
-            v = GT[c]
-            v *= self.WA[rows, c][:, None]
-            pen = v if pen is None else np.minimum(pen, v, out=pen)
-        return pen
-
-    def _best(self, M1, N1, e, rows, M2=None):
-        """argmin_g e M2 - 2 M1 (N1 = -2 M1 precomputed) over the rows `rows` of M1 (None: all): g, M1 and M2 at g.
-        M2 defaults to the slots' own (rows of self.M2)."""
-        if M2 is None:
-            M2 = self.M2 if rows is None else self.M2[rows]
-        M1, N1 = (M1, N1) if rows is None else (M1[rows], N1[rows])
-        C = self.C[:len(M2)]
-        np.multiply(M2, e[:, None], out=C)
-        C += N1
-        g = C.argmin(axis=1) if not self.spec.shared_delta else self._shared_half(C)
-        r = np.arange(len(g))
-        return g, M1[r, g], M2[r, g]
-
-    def _shared_half(self, C: np.ndarray) -> np.ndarray:
-        """IQ1_S: best point per slot within the half (delta sign) that is best for the whole sub-block."""
-        n, P = C.shape
-        h = C.reshape(n, 2, P // 2)
-        g2 = h.argmin(axis=2)  # (n, 2)
-        c2 = np.take_along_axis(h, g2[:, :, None], axis=2)[:, :, 0]  # (n, 2), slot scale >= 0 factored out
-        per_sub = self.spec.sub // self.spec.dim
-        half = (c2.reshape(-1, per_sub, 2).sum(1)[:, 1] < c2.reshape(-1, per_sub, 2).sum(1)[:, 0])
-        half = np.repeat(half, per_sub)
-        return g2[np.arange(n), half.astype(np.intp)] + half * (P // 2)
-
-    def assign(self, e: np.ndarray, rows: np.ndarray | None = None):
-        """Best grid point of every slot (or of the slots `rows`, whole sign groups) at per-slot scale e:
-        g, M1 and M2 at g, flip (bool: the slot carries its group's parity flip)."""
-        g, m1, m2 = self._best(self.M1, self.N1, e, rows)
-        if self.odd is None:
-            return g, m1, m2, np.zeros(len(g), bool)
-        per_group = 8 // self.spec.dim
-        odd = np.repeat(self.odd, per_group) if rows is None else self.odd[rows // per_group]
-        if self.M1f is None:
-            return g, m1, m2, odd
-        k = np.nonzero(odd)[0]  # the request's slots in odd groups, in pairs
-        slots = k if rows is None else rows[k]
-        ek = e[k]
-        if rows is None:  # every odd slot, in order: the tables as they are
-            gf, m1f, m2f = self._best(self.M1f, self.N1f, ek, None, self.M2f)
-        else:
-            gf, m1f, m2f = self._best(self.M1f, self.N1f, ek, self.odd_pos[slots], self.M2[slots])
-        c = (ek * (ek * m2[k] - 2 * m1[k])).reshape(-1, 2)
-        cf = (ek * (ek * m2f - 2 * m1f)).reshape(-1, 2)
-        first = (cf[:, 0] + c[:, 1]) <= (c[:, 0] + cf[:, 1])  # flip in the pair's first slot
-        fk = np.stack([first, ~first], axis=1).reshape(-1)
-        flip = np.zeros(len(g), bool)
-        flip[k] = fk
-        g[k], m1[k], m2[k] = np.where(fk, gf, g[k]), np.where(fk, m1f, m1[k]), np.where(fk, m2f, m2[k])
-        return g, m1, m2, flip
-
-    def flip_index(self, slots: np.ndarray, g: np.ndarray) -> np.ndarray:
-        """For flipped slots (indices) at grid points g, the position (0..D-1) of the weight whose sign flips."""
-        fc = self.flip_cand[slots]  # (n, N_FLIP)
-        cost = self.WA[slots[:, None], fc] * self.G[g[:, None], fc]
-        return fc[np.arange(len(slots)), cost.argmin(axis=1)]
 
 
 def nearest(spec: Lattice, x: np.ndarray, w: np.ndarray, e: np.ndarray, half: np.ndarray | None = None):
@@ -241,34 +160,26 @@ def nearest(spec: Lattice, x: np.ndarray, w: np.ndarray, e: np.ndarray, half: np
 
 
 class Rounder:
-    """`nearest` for several scales on the same weights: the score tables are built once."""
+    """`nearest` for several scales on the same weights (each call starts from the previous answers)."""
 
     def __init__(self, spec: Lattice, x: np.ndarray, w: np.ndarray):
+        from .lattice_nearest import Slots
+
         self.spec, self.x = spec, x
-        self.t = _Tables(spec, x if spec.signed else np.abs(x), w, x < 0)
+        self.t = Slots(spec, x if spec.signed else np.abs(x), w, x < 0)
 
     def round(self, e: np.ndarray, half: np.ndarray | None = None):
         """(idx, neg, q) at scales e (n,), as `nearest`."""
-        spec, t, x = self.spec, self.t, self.x
-        n, D = x.shape[0], spec.dim
-        e = np.asarray(e, np.float32)
-        if spec.shared_delta:
-            P2 = t.M1.shape[1] // 2
-            C = t.M2 * e[:, None] + t.N1  # (n, P)
-            g = C.reshape(n, 2, P2)[np.arange(n), half].argmin(axis=1) + half * P2
-            flip = np.zeros(n, bool)
-        else:
-            g, _, _, flip = t.assign(np.repeat(e, 8 // D))
-        neg = (x < 0).reshape(-1, D)
-        if spec.parity:
-            rows = np.nonzero(flip)[0]
-            if len(rows):
-                neg[rows, t.flip_index(rows, g[rows])] ^= True
-        vals = t.G[g].reshape(n, 8)
+        spec, x = self.spec, self.x
+        n, per_row = x.shape[0], 8 // spec.dim
+        e = np.asarray(e, np.float32)  # (n,) one scale per row
+        g, _, _, flip = self.t.assign(np.repeat(e, per_row), half=None if half is None else np.repeat(half, per_row))
+        vals = spec.values[g].reshape(n, 8)
         if spec.signed:
             return g.reshape(n, -1), np.zeros((n, 8), bool), e[:, None] * vals
-        sign = np.where(neg, np.float32(-1), np.float32(1)).reshape(n, 8)
-        return g.reshape(n, -1), neg.reshape(n, 8), (e[:, None] * vals) * sign
+        neg = _flip_signs((x < 0).reshape(-1, spec.dim), flip).reshape(n, 8)
+        sign = np.where(neg, np.float32(-1), np.float32(1))
+        return g.reshape(n, -1), neg, (e[:, None] * vals) * sign
 
 
 def _sub_sums(v: np.ndarray, b: int, S: int) -> np.ndarray:
@@ -280,14 +191,16 @@ def _search_chunk(spec: Lattice, x: np.ndarray, w: np.ndarray | None) -> Codes:
     a = x if spec.signed else np.abs(x)
     neg = x < 0
     w = np.ones_like(x) if w is None else w
-    t = _Tables(spec, a, w, neg)
+    from .lattice_nearest import Slots
+
+    t = Slots(spec, a, w, neg)
     S = QK_K // spec.sub
     sxx = (w * a * a).reshape(b, S, -1).sum(-1, dtype=F64)  # (b, S)
     sxg, sgg, es = _float_scales(spec, t, a, w, sxx)
     return _codes(spec, t, _super_scales(spec, t, sxx, sxg, sgg, es), neg, b)
 
 
-def _float_scales(spec: Lattice, t: _Tables, a, w, sxx):
+def _float_scales(spec: Lattice, t: Slots, a, w, sxx):
     """Step 1: the best float scale of every sub-block: stats sum M1, sum M2 at its assignment, and the scale."""
     b, S = sxx.shape
     per_sub = spec.sub // spec.dim  # slots per sub-block
@@ -320,7 +233,7 @@ def _float_scales(spec: Lattice, t: _Tables, a, w, sxx):
     return best[2], best[3], best[1]
 
 
-def _super_scales(spec: Lattice, t: _Tables, sxx, sxg, sgg, es):
+def _super_scales(spec: Lattice, t: Slots, sxx, sxg, sgg, es):
     """Steps 2 and 3: fp16 d and odd multipliers q = 2l + 1 per super-block, re-assign, once more."""
     b, S = sxx.shape
     per_sub = spec.sub // spec.dim
@@ -356,14 +269,9 @@ def _odd_round(qmax: int):
     return lambda v: np.clip(2 * np.floor(v / 2) + 1, 1, qmax)
 
 
-def _codes(spec: Lattice, t: _Tables, out, neg: np.ndarray, b: int) -> Codes:
+def _codes(spec: Lattice, t: Slots, out, neg: np.ndarray, b: int) -> Codes:
     dm, q, g, flip = out
-    neg = neg.copy().reshape(-1, spec.dim)  # (Ns, D)
-    if spec.parity:
-        rows = np.nonzero(flip)[0]
-        if len(rows):
-            pos = t.flip_index(rows, g[rows])
-            neg[rows, pos] ^= True
+    neg = _flip_signs(neg.copy().reshape(-1, spec.dim), flip)  # (Ns, D)
     d = f16(dm / np.float32(spec.mult))
     l = ((q - 1) // 2).astype(np.int32)
     return Codes(d, l, g.reshape(b, -1), neg.reshape(b, QK_K))

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import f16, fp16_bytes, fp16_from_bytes, safe_div, wsum
+from ..tables import block_fields, quant_info
+from ._common import empty_blocks, f16, fp16_bytes, fp16_from_bytes, safe_div, wsum
 from .search import asym_base, asym_subblock_fit, rint_clip, sym_refine_f16, sym_subblock_fit
 
 BLOCK = 32
@@ -48,7 +49,12 @@ class Legacy:
 
     @property
     def nbytes(self) -> int:
-        return 2 + (2 if self.zero is None else 0) + (4 if self.bits == 5 else 0) + 16
+        return quant_info(self.name).block_bytes
+
+    @property
+    def fields(self) -> dict[str, slice]:
+        """Byte ranges of d, m (scale + offset types), qh (5-bit types), qs: tables.block_fields."""
+        return block_fields(self.name)
 
     @property
     def nmax(self) -> int:
@@ -104,27 +110,30 @@ def _unpack_qh(qh: np.ndarray) -> np.ndarray:
 def pack(t: Legacy, d: np.ndarray, m: np.ndarray | None, code: np.ndarray) -> np.ndarray:
     """d (B,) and m (B,) or None (stored as fp16), code (B, 32) in [0, 2^bits) -> (B, t.nbytes) uint8."""
     code = np.asarray(code).astype(np.uint8)
-    parts = [fp16_bytes(d)]
-    if t.zero is None:
-        parts.append(fp16_bytes(m))
-    if t.bits == 5:
-        parts.append(_pack_qh(code))
-    parts.append(pack_nibbles(code))
-    return np.concatenate(parts, axis=1)
+    F = t.fields
+    out = empty_blocks(t.name, code.shape[0])
+    out[:, F["d"]] = fp16_bytes(d)
+    if "m" in F:
+        out[:, F["m"]] = fp16_bytes(m)
+    if "qh" in F:
+        out[:, F["qh"]] = _pack_qh(code)
+    out[:, F["qs"]] = pack_nibbles(code)
+    return out
 
 
 def unpack_params(t: Legacy, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """(B, t.nbytes) -> d (B,) float32, m (B,) float32 or None: the arguments of `pack` but the codes."""
-    d = fp16_from_bytes(raw[:, 0:2])[:, 0]
-    return d, (fp16_from_bytes(raw[:, 2:4])[:, 0] if t.zero is None else None)
+    F = t.fields
+    d = fp16_from_bytes(raw[:, F["d"]])[:, 0]
+    return d, (fp16_from_bytes(raw[:, F["m"]])[:, 0] if "m" in F else None)
 
 
 def unpack_codes(t: Legacy, raw: np.ndarray) -> np.ndarray:
     """(B, t.nbytes) -> (B, 32) uint8 codes in [0, 2^bits)."""
-    code = unpack_nibbles(raw[:, -16:])
-    if t.bits == 5:
-        qh_at = 2 if t.zero is not None else 4
-        code = code | (_unpack_qh(raw[:, qh_at:qh_at + 4]) << 4)
+    F = t.fields
+    code = unpack_nibbles(raw[:, F["qs"]])
+    if "qh" in F:
+        code = code | (_unpack_qh(raw[:, F["qh"]]) << 4)
     return code
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tables import QK_K
-from ._common import fp16_bytes, fp16_from_bytes
+from ..tables import QK_K, block_fields
+from ._common import empty_blocks, fp16_bytes, fp16_from_bytes
 from .search import asym_quantize, from_elem_major, to_elem_major
 
 SUB = 16
+_F = block_fields("Q2_K")  # byte ranges of scales, qs, d, dmin
 # sub-block search grid: (code value of the sub-block's range, rounding offset), see q4_k.py
 FACTORS = tuple((2.2 + 0.25 * k, o) for k in range(7) for o in (-0.3, 0.0, 0.3))
 
@@ -47,26 +48,26 @@ def encode(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 
 def pack(d: np.ndarray, dmin: np.ndarray, sc: np.ndarray, m: np.ndarray, code: np.ndarray) -> np.ndarray:
     """d, dmin (B,) (stored as fp16), sc, m (B, 16) in [0, 15], code (B, 256) in [0, 3] -> (B, 84) uint8."""
-    out = np.empty((code.shape[0], 84), np.uint8)
-    out[:, :16] = (np.asarray(sc).astype(np.uint8) | (np.asarray(m).astype(np.uint8) << 4))
-    out[:, 16:80] = pack_2bit(code)
-    out[:, 80:82] = fp16_bytes(d)
-    out[:, 82:84] = fp16_bytes(dmin)
+    out = empty_blocks("Q2_K", code.shape[0])
+    out[:, _F["scales"]] = (np.asarray(sc).astype(np.uint8) | (np.asarray(m).astype(np.uint8) << 4))
+    out[:, _F["qs"]] = pack_2bit(code)
+    out[:, _F["d"]] = fp16_bytes(d)
+    out[:, _F["dmin"]] = fp16_bytes(dmin)
     return out
 
 
 def unpack_params(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(B, 84) -> d, dmin (B,) float32, sc, m (B, 16) uint8: the arguments of `pack` but the codes."""
-    return (fp16_from_bytes(raw[:, 80:82])[:, 0], fp16_from_bytes(raw[:, 82:84])[:, 0],
-            raw[:, :16] & 0xF, raw[:, :16] >> 4)
+    sc = raw[:, _F["scales"]]
+    return fp16_from_bytes(raw[:, _F["d"]])[:, 0], fp16_from_bytes(raw[:, _F["dmin"]])[:, 0], sc & 0xF, sc >> 4
 
 
 def decode(raw: np.ndarray) -> np.ndarray:
     """(B, 84) uint8 -> (B, 256) float32, computed as ggml does: (d*sc) * code - dmin*m."""
     B = raw.shape[0]
-    d, dmin = fp16_from_bytes(raw[:, 80:82]), fp16_from_bytes(raw[:, 82:84])
-    sc = raw[:, :16]
+    d, dmin = fp16_from_bytes(raw[:, _F["d"]]), fp16_from_bytes(raw[:, _F["dmin"]])
+    sc = raw[:, _F["scales"]]
     dl = (d * (sc & 0xF).astype(np.float32))[:, :, None]
     ml = (dmin * (sc >> 4).astype(np.float32))[:, :, None]
-    code = unpack_2bit(raw[:, 16:80]).reshape(B, 16, SUB).astype(np.float32)
+    code = unpack_2bit(raw[:, _F["qs"]]).reshape(B, 16, SUB).astype(np.float32)
     return (dl * code - ml).reshape(B, QK_K)

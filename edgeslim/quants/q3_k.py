@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tables import QK_K
-from ._common import fp16_bytes, fp16_from_bytes
+from ..tables import QK_K, block_fields
+from ._common import empty_blocks, fp16_bytes, fp16_from_bytes
 from .q2_k import pack_2bit, unpack_2bit
 from .search import from_elem_major, sym_quantize, to_elem_major
 
 SUB = 16
+_F = block_fields("Q3_K")  # byte ranges of hmask, qs, scales, d
 # sub-block search grid: (code value of the sub-block's extreme weight, rounding-threshold shift);
 # negative values use the extra code -4, positive ones put the extreme on +3
 FACTORS = (tuple((-(4 + 0.25 * k), o) for k in range(-3, 4) for o in (-0.2, 0.0, 0.2))
@@ -41,25 +42,25 @@ def pack(d: np.ndarray, q: np.ndarray, code: np.ndarray) -> np.ndarray:
     B = code.shape[0]
     code = np.asarray(code).astype(np.uint8)
     s = (np.asarray(q) + 32).astype(np.uint8)
-    out = np.empty((B, 110), np.uint8)
+    out = empty_blocks("Q3_K", B)
     h = (code >> 2).reshape(B, 8, 32)
-    out[:, :32] = np.bitwise_or.reduce(h << np.arange(8, dtype=np.uint8).reshape(1, 8, 1), axis=1)
-    out[:, 32:96] = pack_2bit(code & 3)
-    out[:, 96:104] = (s[:, :8] & 0xF) | ((s[:, 8:] & 0xF) << 4)
+    out[:, _F["hmask"]] = np.bitwise_or.reduce(h << np.arange(8, dtype=np.uint8).reshape(1, 8, 1), axis=1)
+    out[:, _F["qs"]] = pack_2bit(code & 3)
     hi = (s >> 4).reshape(B, 4, 4)  # [k, i] = hi2(s[4k + i])
-    out[:, 104:108] = hi[:, 0] | (hi[:, 1] << 2) | (hi[:, 2] << 4) | (hi[:, 3] << 6)
-    out[:, 108:] = fp16_bytes(d)
+    out[:, _F["scales"]] = np.concatenate([(s[:, :8] & 0xF) | ((s[:, 8:] & 0xF) << 4),
+                                           hi[:, 0] | (hi[:, 1] << 2) | (hi[:, 2] << 4) | (hi[:, 3] << 6)], axis=1)
+    out[:, _F["d"]] = fp16_bytes(d)
     return out
 
 
 def unpack_params(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(B, 110) -> d (B,) float32, q (B, 16) int8 in [-32, 31]: the arguments of `pack` but the codes."""
     B = raw.shape[0]
-    sb = raw[:, 96:108]
+    sb = raw[:, _F["scales"]]
     lo = np.concatenate([sb[:, :8] & 0xF, sb[:, :8] >> 4], axis=1)  # (B, 16)
     hi = (sb[:, None, 8:12] >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 4, 1)) & 3  # (B, 4, 4)
     q = (lo | (hi.reshape(B, 16) << 4)).astype(np.int8) - np.int8(32)
-    return fp16_from_bytes(raw[:, 108:])[:, 0], q
+    return fp16_from_bytes(raw[:, _F["d"]])[:, 0], q
 
 
 def decode(raw: np.ndarray) -> np.ndarray:
@@ -67,7 +68,7 @@ def decode(raw: np.ndarray) -> np.ndarray:
     B = raw.shape[0]
     d, q = unpack_params(raw)
     d = d[:, None]
-    h = (raw[:, None, :32] >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 1  # (B, 8, 32)
-    code = unpack_2bit(raw[:, 32:96]).astype(np.int8) + (h.reshape(B, QK_K) << 2).astype(np.int8) - np.int8(4)
+    h = (raw[:, None, _F["hmask"]] >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 1  # (B, 8, 32)
+    code = unpack_2bit(raw[:, _F["qs"]]).astype(np.int8) + (h.reshape(B, QK_K) << 2).astype(np.int8) - np.int8(4)
     dl = (d * q.astype(np.float32))[:, :, None]
     return (dl * code.reshape(B, 16, SUB).astype(np.float32)).reshape(B, QK_K)

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tables import QK_K
-from ._common import fp16_bytes, fp16_from_bytes
+from ..tables import QK_K, block_fields
+from ._common import empty_blocks, fp16_bytes, fp16_from_bytes
 from .search import asym_quantize, from_elem_major, to_elem_major
 
 SUB = 32
+_F4, _F5 = block_fields("Q4_K"), block_fields("Q5_K")  # byte ranges
+assert all(_F4[k] == _F5[k] for k in ("d", "dmin", "scales")), "unpack_params reads both types"
 # sub-block search grid: (code value of the sub-block's range, rounding offset); llama.cpp's
 # make_qkx2_quants scans the first coordinate only, the offset finds markedly better fits
 FACTORS_Q4 = tuple((14.2 + 0.2 * k, o) for k in range(7) for o in (-0.25, 0.0, 0.25))
@@ -57,21 +59,28 @@ def _encode(x, w, nmax, factors):
     S = QK_K // SUB
     xs, ws = to_elem_major(x, S), None if w is None else to_elem_major(w, S)
     d, dmin, sc, m, L = asym_quantize(xs, ws, nmax, 63, factors)
-    return _head(d, dmin, sc, m), from_elem_major(L)
+    return (d, dmin, sc, m), from_elem_major(L)
 
 
-def _head(d, dmin, sc, m):
-    head = np.empty((np.shape(d)[0], 16), np.uint8)
-    head[:, 0:2] = fp16_bytes(d)
-    head[:, 2:4] = fp16_bytes(dmin)
-    head[:, 4:16] = pack_scales(np.asarray(sc), np.asarray(m))
-    return head
+def _pack(name, params, code):
+    """Fill the blocks of Q4_K or Q5_K: params = (d, dmin, sc, m), code (B, 256) uint8."""
+    d, dmin, sc, m = params
+    F = block_fields(name)
+    out = empty_blocks(name, code.shape[0])
+    out[:, F["d"]] = fp16_bytes(d)
+    out[:, F["dmin"]] = fp16_bytes(dmin)
+    out[:, F["scales"]] = pack_scales(np.asarray(sc), np.asarray(m))
+    out[:, F["qs"]] = _pack_nibbles(code)
+    if "qh" in F:
+        h = (code >> 4).reshape(-1, 8, 32)
+        out[:, F["qh"]] = np.bitwise_or.reduce(h << np.arange(8, dtype=np.uint8).reshape(1, 8, 1), axis=1)
+    return out
 
 
 def unpack_params(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(B, 144) or (B, 176) -> d, dmin (B,) float32, sc, m (B, 8) uint8: the arguments of `pack_q4/q5` but the codes."""
-    sc, m = unpack_scales(raw[:, 4:16])
-    return fp16_from_bytes(raw[:, 0:2])[:, 0], fp16_from_bytes(raw[:, 2:4])[:, 0], sc, m
+    sc, m = unpack_scales(raw[:, _F4["scales"]])
+    return fp16_from_bytes(raw[:, _F4["d"]])[:, 0], fp16_from_bytes(raw[:, _F4["dmin"]])[:, 0], sc, m
 
 
 def _pack_nibbles(code: np.ndarray) -> np.ndarray:
@@ -86,47 +95,40 @@ def _unpack_nibbles(qs: np.ndarray) -> np.ndarray:
 
 def encode_q4(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     """(B, 256) float32 [, weights] -> (B, 144) uint8."""
-    head, code = _encode(x, w, 15, FACTORS_Q4)
-    return np.concatenate([head, _pack_nibbles(code)], axis=1)
+    params, code = _encode(x, w, 15, FACTORS_Q4)
+    return _pack("Q4_K", params, code)
 
 
 def encode_q5(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     """(B, 256) float32 [, weights] -> (B, 176) uint8."""
-    head, code = _encode(x, w, 31, FACTORS_Q5)
-    return _pack_q5_codes(head, code)
-
-
-def _pack_q5_codes(head, code):
-    h = (code >> 4).reshape(-1, 8, 32)
-    qh = np.bitwise_or.reduce(h << np.arange(8, dtype=np.uint8).reshape(1, 8, 1), axis=1)
-    return np.concatenate([head, qh, _pack_nibbles(code)], axis=1)
+    params, code = _encode(x, w, 31, FACTORS_Q5)
+    return _pack("Q5_K", params, code)
 
 
 def pack_q4(d: np.ndarray, dmin: np.ndarray, sc: np.ndarray, m: np.ndarray, code: np.ndarray) -> np.ndarray:
     """d, dmin (B,) (stored as fp16), sc, m (B, 8) in [0, 63], code (B, 256) in [0, 15] -> (B, 144) uint8."""
-    return np.concatenate([_head(d, dmin, sc, m), _pack_nibbles(np.asarray(code).astype(np.uint8))], axis=1)
+    return _pack("Q4_K", (d, dmin, sc, m), np.asarray(code).astype(np.uint8))
 
 
 def pack_q5(d: np.ndarray, dmin: np.ndarray, sc: np.ndarray, m: np.ndarray, code: np.ndarray) -> np.ndarray:
     """d, dmin (B,) (stored as fp16), sc, m (B, 8) in [0, 63], code (B, 256) in [0, 31] -> (B, 176) uint8."""
-    return _pack_q5_codes(_head(d, dmin, sc, m), np.asarray(code).astype(np.uint8))
+    return _pack("Q5_K", (d, dmin, sc, m), np.asarray(code).astype(np.uint8))
 
 
 def _decode(raw, code):
     B = raw.shape[0]
-    d, dmin = fp16_from_bytes(raw[:, 0:2]), fp16_from_bytes(raw[:, 2:4])
-    sc, m = unpack_scales(raw[:, 4:16])
-    dl = (d * sc.astype(np.float32))[:, :, None]
-    ml = (dmin * m.astype(np.float32))[:, :, None]
+    d, dmin, sc, m = unpack_params(raw)
+    dl = (d[:, None] * sc.astype(np.float32))[:, :, None]
+    ml = (dmin[:, None] * m.astype(np.float32))[:, :, None]
     return (dl * code.reshape(B, 8, SUB).astype(np.float32) - ml).reshape(B, QK_K)
 
 
 def decode_q4(raw: np.ndarray) -> np.ndarray:
     """(B, 144) uint8 -> (B, 256) float32, as ggml computes it: (d*sc) * code - dmin*m."""
-    return _decode(raw, _unpack_nibbles(raw[:, 16:]))
+    return _decode(raw, _unpack_nibbles(raw[:, _F4["qs"]]))
 
 
 def decode_q5(raw: np.ndarray) -> np.ndarray:
     """(B, 176) uint8 -> (B, 256) float32."""
-    h = (raw[:, None, 16:48] >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 1
-    return _decode(raw, _unpack_nibbles(raw[:, 48:]) | (h.reshape(-1, QK_K) << 4))
+    h = (raw[:, None, _F5["qh"]] >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 1
+    return _decode(raw, _unpack_nibbles(raw[:, _F5["qs"]]) | (h.reshape(-1, QK_K) << 4))

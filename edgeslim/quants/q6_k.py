@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tables import QK_K
-from ._common import fp16_bytes, fp16_from_bytes
+from ..tables import QK_K, block_fields
+from ._common import empty_blocks, fp16_bytes, fp16_from_bytes
 from .search import from_elem_major, sym_quantize, to_elem_major
 
 SUB = 16
+_F = block_fields("Q6_K")  # byte ranges of ql, qh, scales, d
 # sub-block search grid: (code value of the sub-block's extreme weight, rounding-threshold shift);
 # negative values use the extra code -32, positive ones put the extreme on +31
 FACTORS = (tuple((-(32 + 0.2 * k), o) for k in range(-4, 5) for o in (-0.2, 0.0, 0.2))
@@ -42,31 +43,31 @@ def pack(d: np.ndarray, q: np.ndarray, code: np.ndarray) -> np.ndarray:
     B = code.shape[0]
     c = code.reshape(B, 2, 4, 32)  # [half, quarter k, lane l] = code[128h + 32k + l]
     lo, hi = c & 0xF, c >> 4
-    out = np.empty((B, 210), np.uint8)
+    out = empty_blocks("Q6_K", B)
     ql = np.stack([lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)], axis=2)  # (B, 2, 2, 32)
-    out[:, :128] = ql.reshape(B, 128)
+    out[:, _F["ql"]] = ql.reshape(B, 128)
     qh = hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)  # (B, 2, 32)
-    out[:, 128:192] = qh.reshape(B, 64)
-    out[:, 192:208] = q.astype(np.int8).view(np.uint8)
-    out[:, 208:] = fp16_bytes(d)
+    out[:, _F["qh"]] = qh.reshape(B, 64)
+    out[:, _F["scales"]] = q.astype(np.int8).view(np.uint8)
+    out[:, _F["d"]] = fp16_bytes(d)
     return out
 
 
 def unpack_params(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(B, 210) -> d (B,) float32, q (B, 16) int8: the arguments of `pack` but the codes."""
-    return fp16_from_bytes(raw[:, 208:])[:, 0], raw[:, 192:208].view(np.int8)
+    return fp16_from_bytes(raw[:, _F["d"]])[:, 0], raw[:, _F["scales"]].view(np.int8)
 
 
 def unpack(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(B, 210) -> d (B, 1) float32, scales (B, 16) float32, codes (B, 256) int in [-32, 31]."""
     B = raw.shape[0]
-    ql = raw[:, :128].reshape(B, 2, 2, 32)
-    qh = raw[:, 128:192].reshape(B, 2, 1, 32)
+    ql = raw[:, _F["ql"]].reshape(B, 2, 2, 32)
+    qh = raw[:, _F["qh"]].reshape(B, 2, 1, 32)
     lo = np.stack([ql[:, :, 0] & 0xF, ql[:, :, 1] & 0xF, ql[:, :, 0] >> 4, ql[:, :, 1] >> 4], axis=2)
     hi = (qh >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)) & 3
     code = (lo | (hi << 4)).astype(np.int8) - np.int8(32)
-    scales = raw[:, 192:208].view(np.int8).astype(np.float32)
-    return fp16_from_bytes(raw[:, 208:]), scales, code.reshape(B, QK_K)
+    scales = raw[:, _F["scales"]].view(np.int8).astype(np.float32)
+    return fp16_from_bytes(raw[:, _F["d"]]), scales, code.reshape(B, QK_K)
 
 
 def decode(raw: np.ndarray) -> np.ndarray:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import f16, fp16_bytes, fp16_from_bytes, round_away, safe_div
+from ..tables import block_fields
+from ._common import empty_blocks, f16, fp16_bytes, fp16_from_bytes, round_away, safe_div
 from .search import rint_clip, sym_refine_f16
 
 BLOCK = 32
+_F = block_fields("Q8_0")  # byte ranges of d, qs
 
 
 def _ggml_codes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -40,15 +42,15 @@ def encode(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 
 def pack(d: np.ndarray, q: np.ndarray) -> np.ndarray:
     """d (B,) (stored as fp16), q (B, 32) integral in [-128, 127] -> (B, 34) uint8."""
-    out = np.empty((q.shape[0], 34), np.uint8)
-    out[:, :2] = fp16_bytes(d)
-    out[:, 2:] = q.astype(np.int8).view(np.uint8)
+    out = empty_blocks("Q8_0", q.shape[0])
+    out[:, _F["d"]] = fp16_bytes(d)
+    out[:, _F["qs"]] = q.astype(np.int8).view(np.uint8)
     return out
 
 
 def unpack_params(raw: np.ndarray) -> np.ndarray:
     """(B, 34) -> d (B,) float32: the block scale; w = d * q with q int8."""
-    return fp16_from_bytes(raw[:, :2])[:, 0]
+    return fp16_from_bytes(raw[:, _F["d"]])[:, 0]
 
 
 def _refine(x, w, d, q):
@@ -58,5 +60,5 @@ def _refine(x, w, d, q):
 
 def decode(raw: np.ndarray) -> np.ndarray:
     """(B, 34) uint8 -> (B, 32) float32, as ggml/gguf-py compute it (q * d in float32)."""
-    d = fp16_from_bytes(raw[:, :2])
-    return raw[:, 2:].view(np.int8).astype(np.float32) * d
+    d = fp16_from_bytes(raw[:, _F["d"]])
+    return raw[:, _F["qs"]].view(np.int8).astype(np.float32) * d

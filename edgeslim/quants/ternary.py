@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tables import QK_K
-from ._common import f16, fp16_bytes, fp16_from_bytes, safe_div
+from ..tables import QK_K, block_fields
+from ._common import empty_blocks, f16, fp16_bytes, fp16_from_bytes, safe_div
 
-TQ1_BYTES = 54
-TQ2_BYTES = 66
+_F1, _F2 = block_fields("TQ1_0"), block_fields("TQ2_0")  # byte ranges (TQ1_0's qs: the 32- and 16-byte runs)
 _POW3 = np.array([81, 27, 9, 3, 1], np.uint16)  # weight of digit k in a byte's value
 _MUL3 = np.array([1, 3, 9, 27, 81], np.uint8)  # decoder multipliers (mod 256)
 
@@ -71,25 +70,27 @@ def encode_tq1(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 def pack_tq2(d: np.ndarray, code: np.ndarray) -> np.ndarray:
     """d (B,) (stored as fp16), code (B, 256) in {0, 1, 2} -> (B, 66) uint8."""
     c = np.asarray(code).astype(np.uint8).reshape(-1, 2, 4, 32) << (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)
-    qs = np.bitwise_or.reduce(c, axis=2).reshape(-1, 64)
-    return np.concatenate([qs, fp16_bytes(d)], axis=1)
+    out = empty_blocks("TQ2_0", c.shape[0])
+    out[:, _F2["qs"]] = np.bitwise_or.reduce(c, axis=2).reshape(-1, 64)
+    out[:, _F2["d"]] = fp16_bytes(d)
+    return out
 
 
 def unpack_params_tq2(raw: np.ndarray) -> np.ndarray:
     """(B, 66) -> d (B,) float32."""
-    return fp16_from_bytes(raw[:, 64:66])[:, 0]
+    return fp16_from_bytes(raw[:, _F2["d"]])[:, 0]
 
 
 def unpack_params_tq1(raw: np.ndarray) -> np.ndarray:
     """(B, 54) -> d (B,) float32."""
-    return fp16_from_bytes(raw[:, 52:54])[:, 0]
+    return fp16_from_bytes(raw[:, _F1["d"]])[:, 0]
 
 
 def decode_tq2(raw: np.ndarray) -> np.ndarray:
     """(B, 66) uint8 -> (B, 256) float32: d * (code - 1)."""
-    q = raw[:, :64].reshape(-1, 2, 1, 32) >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)
+    q = raw[:, _F2["qs"]].reshape(-1, 2, 1, 32) >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)
     t = (q & 3).reshape(-1, QK_K).astype(np.int8) - np.int8(1)
-    return fp16_from_bytes(raw[:, 64:66]) * t.astype(np.float32)
+    return fp16_from_bytes(raw[:, _F2["d"]]) * t.astype(np.float32)
 
 
 def _base3_bytes(code: np.ndarray, width: int, digits: int) -> np.ndarray:
@@ -110,12 +111,17 @@ def pack_tq1(d: np.ndarray, code: np.ndarray) -> np.ndarray:
     code = np.asarray(code).astype(np.uint8)
     B = code.shape[0]
     qh_codes = np.concatenate([code[:, 240:], np.zeros((B, 4), np.uint8)], axis=1)  # fifth digit 0
-    return np.concatenate([_base3_bytes(code[:, :160], 32, 5), _base3_bytes(code[:, 160:240], 16, 5),
-                           _base3_bytes(qh_codes, 4, 5), fp16_bytes(d)], axis=1)
+    out = empty_blocks("TQ1_0", B)
+    out[:, _F1["qs"]] = np.concatenate([_base3_bytes(code[:, :160], 32, 5), _base3_bytes(code[:, 160:240], 16, 5)],
+                                       axis=1)
+    out[:, _F1["qh"]] = _base3_bytes(qh_codes, 4, 5)
+    out[:, _F1["d"]] = fp16_bytes(d)
+    return out
 
 
 def decode_tq1(raw: np.ndarray) -> np.ndarray:
     """(B, 54) uint8 -> (B, 256) float32: d * (code - 1)."""
-    code = np.concatenate([_base3_digits(raw[:, :32], 5), _base3_digits(raw[:, 32:48], 5),
-                           _base3_digits(raw[:, 48:52], 4)], axis=1)
-    return fp16_from_bytes(raw[:, 52:54]) * (code.astype(np.int8) - np.int8(1)).astype(np.float32)
+    qs = raw[:, _F1["qs"]]
+    code = np.concatenate([_base3_digits(qs[:, :32], 5), _base3_digits(qs[:, 32:], 5),
+                           _base3_digits(raw[:, _F1["qh"]], 4)], axis=1)
+    return fp16_from_bytes(raw[:, _F1["d"]]) * (code.astype(np.int8) - np.int8(1)).astype(np.float32)

@@ -44,10 +44,10 @@ import numpy as np
 from ...errors import FormatError
 from ...quants import affine
 from ...quants._common import fp16_from_bytes
+from ...quants.iq4 import KVALUES
 from ...quants.q4_k import _unpack_nibbles, unpack_scales
 from ...tables import block_fields, quant_info
 from .. import blocks as gb
-from .. import grids
 
 GROUP = 32  # every transcoded type has one scale per 32 weights
 TRANSCODED = {"Q8_0": 8, "Q4_K": 4, "Q5_K": 5, "Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "IQ4_NL": 8,
@@ -116,7 +116,7 @@ def _legacy(blocks: np.ndarray, qtype: str):
     d = gb.f16(f["d"])[:, None]
     q = gb.legacy_codes(f, qtype)
     if qtype == "IQ4_NL":
-        return (grids.iq4nl_values().astype(np.int16)[q] + 128).astype(np.uint8), d, np.float32(-128) * d
+        return (KVALUES.astype(np.int16)[q] + 128).astype(np.uint8), d, np.float32(-128) * d
     if "m" in f:
         return q, d, gb.f16(f["m"])[:, None]
     return q, d, -np.float32(1 << (TRANSCODED[qtype] - 1)) * d  # Q4_0: -8 d, Q5_0: -16 d

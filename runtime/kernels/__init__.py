@@ -28,7 +28,8 @@ edgeslim/tables.py, its kernel in one family module):
     iq4xs.py    IQ4_XS (in place)   ternary.py TQ1_0, TQ2_0 (in place)
     lattice.py  IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M (in place, grids in module constants)
     superblock.py  shared body of the 256-weight super-block families
-    (../grids.py: IQ code tables and lattice grids; ../blocks.py: element-order block unpacking)
+    (IQ grids, sign table and IQ4 values: the type's edgeslim.quants module, read at compile time;
+     ../blocks.py: element-order block unpacking)
     sparse.py   edgeslim's sparse types (VALUE@2:4, VALUE@4:8, VALUE@50%): their own
                 SparsePacked and njit kernels (spec.register_own; the driver's API hands them over)
 

@@ -18,13 +18,15 @@ packed objects handed over by every function of the API.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from time import perf_counter
 
 import numpy as np
-from numba import njit, prange, typeof
+from numba import get_num_threads, njit, prange, typeof
 from numba.core.typing.typeof import Purpose
 
 from ...errors import UnsupportedError
 from ...tables import quant_info
+from ..threads import PARALLEL, SERIAL, Chooser, serial_and_parallel
 from .rows import TMAX, _deq_row, _row
 from .spec import BASE, OWN, Spec, family, variant
 
@@ -36,6 +38,10 @@ SMALL_T_QUANT = 64
 SMALL_T_8BIT = 32  # Q8_0 / AFFINE8: one float fma per 32 weights per activation, so BLAS wins sooner
 SMALL_T_FLOAT = 8
 TILE_ELEMS = 1 << 22  # float32 weights per dequantized tile on the prefill path (16 MB)
+# Weights x activations below which a call runs serially: where the parallel copy first won,
+# best of 15 alternating repeats (scripts/probe_parallel_threshold.py, 2 threads, Q8_0 and Q4_K).
+PARALLEL_MIN_WORK = 1 << 19
+DEQ_WORK = 4  # one dequantized weight (a float store) counts as this much mat-vec work
 TILE_MIN_ROWS = 64
 
 
@@ -94,8 +100,7 @@ def _quant_x(x, xblk, sgroup, unit, order, xq, xd, xs):
                 xqt[i] = tmp[i]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def _matvec(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, unit, order):
+def _matvec_body(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, unit, order):
     """(T, rows) = x W^T.  Quantizes x into (xq, xd, xs) when xblk > 0 (float
     weights, xblk == 0, read x itself as xs), then TMAX activations per pass,
     parallel over rows.  np.empty only: a numba np.zeros would be its own parfor."""
@@ -115,12 +120,20 @@ def _matvec(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, unit, o
     return y
 
 
-@njit(cache=True, parallel=True)
-def _dequant_rows(spec, p0, p1, p2, p3, p4, ids, out):
+def _dequant_rows_body(spec, p0, p1, p2, p3, p4, ids, out):
     """out[i] = row ids[i], dequantized in kernel order."""
     for i in prange(ids.shape[0]):
         r = ids[i]
         _deq_row(spec, p0[r], p1[r], p2[r], p3[r], p4[r], out[i])
+
+
+# Each twice: a parallel region (thread wake-up, barrier) can cost more than a call takes;
+# CHOOSER (../threads.py) picks the copy per call: serial below PARALLEL_MIN_WORK (weights x
+# activations), above it whichever has been cheaper lately on this machine.
+_matvec_serial, _matvec = serial_and_parallel(_matvec_body, fastmath=True)
+_MATVEC = {SERIAL: _matvec_serial, PARALLEL: _matvec}
+_dequant_rows_serial, _dequant_rows = serial_and_parallel(_dequant_rows_body)
+CHOOSER = Chooser(PARALLEL_MIN_WORK)
 
 
 # =============================================================================
@@ -252,14 +265,24 @@ def _matvec_small(p: Packed, x: np.ndarray) -> np.ndarray:
         x = np.pad(x, ((0, 0), (0, p.colsp - x.shape[1])))
     nq, nd, ns = p._x_widths
     batched = x.shape[0] > 1
-    return _fast_call(p, ("mv", batched), _matvec, p._batched if batched else p._single, *p.planes, x,
-                      p.shape[0], nq, nd, ns, sp.xblk, sp.sgroup, sp.unit, p._order)
+    work = p.shape[0] * p.colsp * x.shape[0]
+    par, bucket = CHOOSER.pick(work, batched)
+    key = ("mv", batched, par)
+    args = (p._batched if batched else p._single, *p.planes, x, p.shape[0], nq, nd, ns, sp.xblk, sp.sgroup,
+            sp.unit, p._order)
+    if bucket is None or key not in p._entries:  # untimed: small, or its first call (may compile)
+        return _fast_call(p, key, _MATVEC[par], *args)
+    t0 = perf_counter()
+    y = p._entries[key](*args)
+    CHOOSER.record(bucket, par, perf_counter() - t0, work)
+    return y
 
 
 def _dequant_kernel_order(p: Packed, ids: np.ndarray) -> np.ndarray:
     out = np.empty((len(ids), p.colsp), np.float32)
     if len(ids):
-        _fast_call(p, "deq", _dequant_rows, p._single, *p.planes, ids, out)
+        par = len(ids) * p.colsp * DEQ_WORK >= CHOOSER.floor and get_num_threads() > 1
+        _fast_call(p, ("deq", par), _dequant_rows if par else _dequant_rows_serial, p._single, *p.planes, ids, out)
     return out
 
 

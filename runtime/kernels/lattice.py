@@ -44,9 +44,8 @@ import numpy as np
 from llvmlite import ir
 
 from ...tables import QK_K, block_fields, quant_info
-from .. import grids
-from . import superblock
 from . import planes as pl
+from . import superblock
 from .emit import F16, F32, I8, I16, I32, I64, E, V
 from .spec import Spec, register
 from .superblock import Block
@@ -73,11 +72,21 @@ x_widths = superblock.x_widths
 
 
 # ----------------------------------------------------------------------------- tables
+def _grid(name: str) -> np.ndarray:
+    """(rows, 8 or 4) int8 lattice grid of an IQ type, from its quant module (imported here, at
+    compile time only: a start whose kernels come from numba's cache never loads edgeslim.quants)."""
+    from ...quants import iq1, iq2, iq3
+
+    return {**iq1.LATTICES, **iq2.LATTICES, **iq3.LATTICES}[name][0].grid
+
+
 def _table_bytes(key: str) -> bytes:
     if key == "ksigns":  # 128 rows of 8 int8 +-1: bit j of ksigns[i] set -> lane j negative
-        bits = (grids.ksigns()[:, None] >> np.arange(8)) & 1
+        from ...quants.iq2 import KSIGNS
+
+        bits = (KSIGNS[:, None] >> np.arange(8)) & 1
         return np.where(bits == 1, -1, 1).astype(np.int8).tobytes()
-    g = grids.grid(key)
+    g = _grid(key)
     if key.startswith("IQ1"):  # 8 grid + 9 + delta: rows 0.. delta +1 (bit clear), rows 2048.. delta -1
         g9 = 8 * g.astype(np.int16) + IQ1_OFFSET
         return np.concatenate([g9 + 1, g9 - 1]).astype(np.uint8).tobytes()

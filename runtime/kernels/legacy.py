@@ -42,7 +42,6 @@ import sys
 import numpy as np
 
 from ..blocks import legacy_codes
-from .. import grids
 from . import grouped
 from . import planes as pl
 from .emit import F32, I8, I32, E, V
@@ -108,7 +107,11 @@ x_order = grouped.x_order
 
 # ----------------------------------------------------------------------------- decoding (LLVM IR)
 def _lookup(spec: Spec, e: E, q):
-    return e.lut16(grids.iq4nl_values(), q) if spec.name == "IQ4_NL" else q
+    if spec.name != "IQ4_NL":
+        return q
+    from ...quants.iq4 import KVALUES  # at compile time only
+
+    return e.lut16(KVALUES, q)
 
 
 def codes(spec: Spec, e: E, P, u):

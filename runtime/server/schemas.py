@@ -3,7 +3,7 @@
 Accepted (OpenAI's names): model (any string; one model is served), messages / prompt,
 max_tokens (or max_completion_tokens), temperature [0, 2], top_p (0, 1], stop (string or
 up to 4 strings), seed, n (only 1), stream, stream_options.include_usage, user; and
-llama.cpp server's extensions top_k, min_p, repeat_penalty. presence_penalty and
+llama.cpp server's extensions top_k, min_p, repeat_penalty, ignore_eos. presence_penalty and
 frequency_penalty are range-checked and must be 0 (not implemented; llama.cpp's
 repeat_penalty is). Features edgeslim does not have (tools, logprobs, n > 1, echo,
 suffix, images) are refused with a 400 rather than silently ignored. Unknown fields are
@@ -79,6 +79,13 @@ def _int(body: dict, name: str, lo: int, hi: int, default):
     return v
 
 
+def _flag(body: dict, name: str) -> bool:
+    v = body.get(name, False)
+    if not isinstance(v, bool):
+        raise bad(f"'{name}' must be true or false", name)
+    return v
+
+
 def _stop(body: dict, cfg: ServerConfig) -> list[str]:
     v = body.get("stop")
     if v is None:
@@ -114,7 +121,7 @@ def _common(body: dict, cfg: ServerConfig) -> dict:
         top_k=_int(body, "top_k", 0, 1 << 30, d.top_k), top_p=float(_num(body, "top_p", 0.0, 1.0, 1.0, True)),
         min_p=float(_num(body, "min_p", 0.0, 1.0, d.min_p)),
         repeat_penalty=float(_num(body, "repeat_penalty", 0.0, 10.0, 1.0, True)),
-        seed=_int(body, "seed", -(1 << 63), (1 << 64) - 1, None))
+        seed=_int(body, "seed", -(1 << 63), (1 << 64) - 1, None), ignore_eos=_flag(body, "ignore_eos"))
     if params.seed is not None and params.seed < 0:
         params = params.with_(seed=params.seed & ((1 << 64) - 1))
     stream = body.get("stream", False)

@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 
 from edgeslim.errors import FitError, InputError
+from edgeslim.quants.sparse import VALUE_TYPES
 from edgeslim.targets import Fit, Target, gib, kv_cache_bytes
 
 from .allocate import allocate, budget_from_bpw, budget_from_size, budget_from_target, parse_size
@@ -78,13 +79,15 @@ def report_bound(mats: list[TensorSpec]) -> int:
 
 def candidate_types(mats: list[TensorSpec], types: tuple, pruning) -> tuple | dict:
     """The allocation's candidates: the family ladder for every matrix, or with pruning {name: ladder}
-    where the prunable matrices get each ladder type as the values of their sparse type (with
-    `pruning.choice`: those as well as the dense types, the knapsack decides per matrix)."""
+    where the prunable matrices get each ladder type a sparse type can keep its values in
+    (quants.sparse.VALUE_TYPES) as the values of their sparse type (with `pruning.choice`: those as
+    well as the dense types, the knapsack decides per matrix)."""
     if pruning is None:
         return types
+    values = tuple(t for t in types if t in VALUE_TYPES)
     out = {}
     for s in mats:
-        sparse = tuple(pruning.sparse_type(t, s.name) for t in types) if pruning.applies(s.name, s.shape) else ()
+        sparse = tuple(pruning.sparse_type(t, s.name) for t in values) if pruning.applies(s.name, s.shape) else ()
         out[s.name] = (types + sparse if pruning.choice else sparse) or types
     return out
 

@@ -99,7 +99,8 @@ class Pruning:
 
 def make_pruning(method: str | None, sparsity, pattern: str | None, owl: float | None,
                  family: str, choice: bool = False) -> Pruning | None:
-    """The Pruning asked for (None: no --prune); one-line errors for options that need --prune or clash."""
+    """The Pruning asked for (None: no --prune); one-line errors for options that need --prune or clash
+    (a --sparsity other than the one an N:M pattern fixes)."""
     if method is None:
         given = [f for f, v in (("--sparsity", sparsity), ("--pattern", pattern), ("--owl", owl),
                                 ("--prune-choice", choice or None)) if v is not None]
@@ -110,12 +111,13 @@ def make_pruning(method: str | None, sparsity, pattern: str | None, owl: float |
         raise InputError("--prune stores the kept weights in ggml block types (sparse types Q4_K@2:4, ...); "
                          "drop --family affine")
     pattern = pattern or "unstructured"
-    if sparsity is not None and pattern != "unstructured":
-        raise InputError(f"--pattern {pattern} fixes the sparsity; drop --sparsity")
     try:
         s = 0.5 if sparsity is None else float(sparsity)
     except (TypeError, ValueError):
         raise InputError(f"--sparsity must be a fraction between 0 and 1 (e.g. 0.5), got {sparsity!r}") from None
+    nm = SPARSE_PATTERNS.get(pattern)
+    if sparsity is not None and nm is not None and nm.m and abs(s - (1.0 - nm.n / nm.m)) > 1e-9:
+        raise InputError(f"--pattern {pattern} fixes the sparsity at {1.0 - nm.n / nm.m:g}; drop --sparsity")
     return Pruning(method, pattern, s, None if owl is None else float(owl), bool(choice))
 
 

@@ -373,8 +373,17 @@ def shipped_bytes(out: Path) -> int:
 def write_readme(out: Path, args, stats: dict, samples: dict, command: str) -> None:
     """Describe how the model was made, its losses, and where the data came from."""
     cfg = json.loads((out / "config.json").read_text())
+    lines = _readme_made(cfg, args, stats, command) + ["## Greedy samples", ""]
+    for title, text in samples.items():
+        lines += [f"**{title}**", "", "```", text.strip(), "```", ""]
+    lines += _readme_data(args, stats)
+    (out / "README.md").write_text("\n".join(lines))
+
+
+def _readme_made(cfg: dict, args, stats: dict, command: str) -> list[str]:
+    """The README's shape, training and chat-format sections."""
     rope_theta = cfg.get("rope_parameters", {}).get("rope_theta", cfg.get("rope_theta"))
-    lines = [
+    return [
         "# edgeslim demo model",
         "",
         "A tiny Llama-architecture story model, trained from scratch by",
@@ -422,12 +431,12 @@ def write_readme(out: Path, args, stats: dict, samples: dict, command: str) -> N
         "renders that format and ends the generation prompt on `Assistant:`.",
         "`python scripts/eval_demo_chat.py` measures how often a reply names what was asked.",
         "",
-        "## Greedy samples",
-        "",
     ]
-    for title, text in samples.items():
-        lines += [f"**{title}**", "", "```", text.strip(), "```", ""]
-    lines += [
+
+
+def _readme_data(args, stats: dict) -> list[str]:
+    """The README's data and licence section."""
+    lines = [
         "## Data and licence",
         "",
         "Training text: `corpora/tinystories/tinystories_val.txt` of the edgeslim test",
@@ -449,7 +458,7 @@ def write_readme(out: Path, args, stats: dict, samples: dict, command: str) -> N
             "held-out real stories.",
             "",
         ]
-    (out / "README.md").write_text("\n".join(lines))
+    return lines
 
 
 # ----------------------------------------------------------------------------- main
@@ -540,6 +549,11 @@ def main(argv=None) -> None:
         save_tokenizer(spm_file, args.out, args.ctx)
     save_model(model, args.out)
     check_tokenizer(args.out, val_docs)
+    finish(args, argv, stats, log)
+
+
+def finish(args, argv, stats: dict, log) -> None:
+    """Greedy samples, the README, and the shipped-size check."""
     samples = {
         "Once upon a time": "Once upon a time" + greedy(args.out, "Once upon a time", False),
         "chat: Tell me a story about a dog.": greedy(

@@ -177,6 +177,13 @@ def width_note(cfg: dict) -> str:
             "so those tensors need the 32-wide legacy types (Q4_0 ... Q8_0, IQ4_NL).")
 
 
+def _curve_table(curve: list[dict]) -> list[str]:
+    """The README's loss-curve section."""
+    return ["## Loss curve", "", "| step | minutes | lr | train (EMA) | validation (mix) |", "|---:|---:|---:|---:|---:|",
+            *[f"| {p['step']} | {p['seconds'] / 60:.1f} | {p['lr']:.2e} | {p['train_ema']:.3f} | {p['val_mix']:.3f} |"
+              for p in curve], ""]
+
+
 def write_card(out: Path, args, stats: dict, curve: list[dict], sample: str, command: str) -> None:
     """README.md (how it was made, losses, data) and training.json (the same as numbers)."""
     cfg = json.loads((out / "config.json").read_text())
@@ -217,13 +224,7 @@ def write_card(out: Path, args, stats: dict, curve: list[dict], sample: str, com
         f"- final loss (nats/token): train {stats['train_loss']:.3f}; validation {val} "
         f"(log(vocab) = {math.log(cfg['vocab_size']):.3f})",
         "",
-        "## Loss curve",
-        "",
-        "| step | minutes | lr | train (EMA) | validation (mix) |",
-        "|---:|---:|---:|---:|---:|",
-        *[f"| {p['step']} | {p['seconds'] / 60:.1f} | {p['lr']:.2e} | {p['train_ema']:.3f} | {p['val_mix']:.3f} |"
-          for p in curve],
-        "",
+        *_curve_table(curve),
         "## Greedy sample",
         "",
         "```",

@@ -20,7 +20,7 @@ import numpy as np
 
 from .convert.analyze import FAMILIES, effective_types, family_types, measure_errors, tensor_stats
 from .gguf_file import GGUFFile
-from .inspect import tensor_rows
+from .tensor_rows import tensor_rows
 from .quants import dequantize_raw
 from .quants.affine import dequantize as affine_dequantize
 from .tables import AFFINE_BIASES_SUFFIX, AFFINE_SCALES_SUFFIX, GGMLType, Keys, is_quantizable, parse_affine

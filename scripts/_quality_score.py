@@ -18,18 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-PATTERNS = {  # llama-perplexity's summary lines
-    "ppl": r"Mean PPL\(Q\)\s*:\s*([\d.]+)\s*±\s*([\d.]+)",
-    "ppl_base": r"Mean PPL\(base\)\s*:\s*([\d.]+)",
-    "kl_mean": r"Mean\s+KLD:\s*(-?[\d.]+)\s*±\s*([\d.]+)",
-    "kl_p99": r"99\.0%\s+KLD:\s*(-?[\d.]+)",
-    "top1_same": r"Same top p:\s*([\d.]+)\s*±",
-}
-FINAL_PPL = r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)"
 # one row per chunk, running means: chunk, PPL ± err, ln(PPL ratio) ± err, KL ± err, Δp RMS ± err %, same top ± err %
 CHUNK_ROW = re.compile(r"^\s*(\d+)\s+([\d.]+)\s*±\s*([\d.]+)\s+-?[\d.]+\s*±\s*[\d.]+\s+(-?[\d.]+)\s*±\s*[\d.]+"
                        r"\s+[\d.]+\s*±\s*[\d.]+\s*%\s+([\d.]+)\s*±", re.M)
-TRIES = 3  # llama.cpp's tools log from a thread that can lose the last lines at exit on a loaded machine
+# llama.cpp's tools log from a thread that is never joined at exit (common_log_main() holds a leaked
+# pointer), so the last lines (the final chunk row, the summary) can be lost, often on a loaded machine:
+# the scorer runs one window more than it scores and reads the running means of chunk row `chunks`.
+EXTRA_CHUNKS = 1
 
 
 class ScoreError(RuntimeError):
@@ -50,26 +45,12 @@ def run_logged(cmd: list, log: Path, env=None, cwd=None) -> str:
     return text
 
 
-def parse_kld(text: str) -> dict:
-    """The numbers of llama-perplexity's KL summary; ScoreError when a line is missing."""
-    out = {}
-    for key, pat in PATTERNS.items():
-        m = re.search(pat, text)
-        if m is None:
-            raise ScoreError(f"llama-perplexity printed no {key!r} line")
-        out[key] = float(m.group(1))
-        if key == "ppl":
-            out["ppl_error"] = float(m.group(2))
-    out["top1_same"] /= 100.0
-    return out
-
-
 def parse_chunks(text: str, chunks: int) -> dict:
-    """The running means of the last chunk row when it is the last chunk (no KL p99 there)."""
-    rows = CHUNK_ROW.findall(text)
-    if not rows or int(rows[-1][0]) != chunks:
-        raise ScoreError(f"llama-perplexity printed {len(rows)} of {chunks} chunk rows")
-    _, ppl, err, kl, same = rows[-1]
+    """The running means of chunk row `chunks`: the first `chunks` windows (no KL p99 there)."""
+    rows = {int(r[0]): r for r in CHUNK_ROW.findall(text)}
+    if chunks not in rows:
+        raise ScoreError(f"llama-perplexity printed no chunk row {chunks} ({len(rows)} rows)")
+    _, ppl, err, kl, same = rows[chunks]
     return {"ppl": float(ppl), "ppl_error": float(err), "kl_mean": float(kl), "kl_p99": None,
             "top1_same": float(same) / 100.0}
 
@@ -81,11 +62,11 @@ class LlamaScorer:
 
     def __init__(self, exe: Path, f16: Path, text: Path, ctx: int, chunks: int, threads: int, work: Path, key: str):
         self.exe, self.text, self.ctx, self.chunks, self.threads, self.work = exe, text, ctx, chunks, threads, work
-        self.base = work / f"f16-{key}.kld"
+        self.base = work / f"f16-{key}-n{chunks + EXTRA_CHUNKS}.kld"
         self.f16 = f16
 
     def _cmd(self, model: Path) -> list:
-        return [self.exe, "-m", model, "-f", self.text, "-c", self.ctx, "--chunks", self.chunks, "-b", 2048,
+        return [self.exe, "-m", model, "-f", self.text, "-c", self.ctx, "--chunks", self.chunks + EXTRA_CHUNKS, "-b", 2048,
                 "-t", self.threads, "-ctk", "f32", "-ctv", "f32", "--kl-divergence-base", self.base]
 
     def reference(self) -> dict:
@@ -97,21 +78,16 @@ class LlamaScorer:
             cmd[-1] = tmp
             run_logged(cmd, log)
             tmp.rename(self.base)
-        m = re.search(FINAL_PPL, log.read_text())
+        m = re.search(rf"\[{self.chunks}\]([\d.]+)", log.read_text())  # running PPL after `chunks` windows
         if m is None:
-            raise ScoreError(f"no final PPL in {log}")
-        return {"ppl": float(m.group(1)), "ppl_error": float(m.group(2))}
+            raise ScoreError(f"no PPL after {self.chunks} windows in {log}")
+        return {"ppl": float(m.group(1)), "ppl_error": None}
 
     def score(self, path: Path, log: Path) -> dict:
+        if not self.base.exists():
+            self.reference()
         t0 = time.perf_counter()
-        for attempt in range(TRIES):
-            text = run_logged(self._cmd(path) + ["--kl-divergence"], log)
-            try:
-                out = parse_kld(text)
-                break
-            except ScoreError:
-                if attempt == TRIES - 1:
-                    out = parse_chunks(text, self.chunks)
+        out = parse_chunks(run_logged(self._cmd(path) + ["--kl-divergence"], log), self.chunks)
         out.update(eval_s=round(time.perf_counter() - t0, 1), scorer=self.name)
         return out
 

@@ -331,7 +331,7 @@ def markdown(setup: Setup, f16: dict, results: list[dict], goals: list[str], row
              f"- model: `{setup.src}` ({setup.n_params:,} parameters); F16 GGUF by edgeslim's converter",
              f"- evaluation text: `{setup.text}`; {setup.chunks} windows of {setup.ctx} tokens (llama-perplexity's: "
              "BOS first, second half scored); F16 perplexity "
-             f"{f16['ppl']:.4f} ± {f16['ppl_error']:.4f}",
+             f"{f16['ppl']:.4f}" + (f" ± {f16['ppl_error']:.4f}" if f16.get("ppl_error") else ""),
              f"- calibration (edgeslim `calib=` and `llama-imatrix -f`): `{meta['calib_source']}`, "
              f"{setup.calib_tokens} tokens; llama.cpp+imatrix's make time includes the imatrix",
              "- KL = mean KL(F16 ‖ quantized) per scored position, by `llama-perplexity --kl-divergence` "

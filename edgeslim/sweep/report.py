@@ -52,19 +52,28 @@ def answer(results: list[dict]) -> str:
     if not sparse:
         front = [r for r in pareto(ok(results), "kl_mean") if r["method"] != "F16"]
         best = ", ".join(f"{r['label']} ({r['file_bytes'] / 1e6:.2f} MB, KL {r['kl_mean']:.4f})" for r in front[:4])
-        return ("No sparse point was measured (pruning is not available in this converter yet), so this sweep "
-                f"answers only dense bits vs size; its KL Pareto front, smallest first: {best}.")
-    wins, parts = 0, []
+        return ("No sparse point was measured (no --sparsity above 0), so this sweep answers only dense bits vs "
+                f"size; its KL Pareto front, smallest first: {best}.")
+    wins, tested, parts = 0, 0, []
     for r in sorted(sparse, key=lambda r: r["file_bytes"]):
         d = interpolate_log(dense, r["file_bytes"])
-        if d is None:
-            parts.append(f"{r['label']} at {r['file_bytes'] / 1e6:.2f} MB: no dense point on both sides")
+        if d is not None:
+            tested, wins = tested + 1, wins + (r["kl_mean"] < d)
+            parts.append(f"{r['label']} at {r['file_bytes'] / 1e6:.2f} MB: KL {r['kl_mean']:.4f} vs dense {d:.4f}")
             continue
-        wins += r["kl_mean"] < d
-        parts.append(f"{r['label']} at {r['file_bytes'] / 1e6:.2f} MB: KL {r['kl_mean']:.4f} vs dense {d:.4f}")
-    tested = sum("vs dense" in p for p in parts)
-    verdict = "beats" if tested and wins == tested else "does not beat" if wins == 0 else "sometimes beats"
-    return (f"Sparse + more bits {verdict} dense + fewer bits at equal file size ({wins} of {tested} sizes: "
+        better = [(b, k) for b, k in dense if b <= r["file_bytes"] and k <= r["kl_mean"]]
+        if better:  # larger and worse than a dense file: a loss without interpolating
+            tested += 1
+            b, k = min(better, key=lambda bk: bk[1])
+            parts.append(f"{r['label']} at {r['file_bytes'] / 1e6:.2f} MB: KL {r['kl_mean']:.4f}, worse than a "
+                         f"smaller dense file ({b / 1e6:.2f} MB, KL {k:.4f})")
+        else:
+            parts.append(f"{r['label']} at {r['file_bytes'] / 1e6:.2f} MB: no dense file of equal or smaller size")
+    if not tested:
+        return ("No sparse point can be compared with a dense one at equal size here (each is smaller than every "
+                "dense file; add lower --bits): " + "; ".join(parts) + ".")
+    verdict = "beats" if wins == tested else "does not beat" if wins == 0 else "sometimes beats"
+    return (f"Sparse + more bits {verdict} dense + fewer bits at equal file size ({wins} of {tested} compared: "
             + "; ".join(parts) + ").")
 
 

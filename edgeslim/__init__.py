@@ -8,8 +8,11 @@
 
 `edgeslim.convert` is the converter package and is also callable (see its `__call__`).
 Importing edgeslim never imports torch or transformers; the converter does, only
-when it calibrates.
+when it calibrates. Every error meant for the user is an `edgeslim.EdgeslimError`
+(its message is one line naming the problem and the fix).
 """
+from .errors import EdgeslimError  # noqa: F401  (part of the API: apps catch it)
+
 __version__ = "0.1.0"
 
 

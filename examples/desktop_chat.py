@@ -29,6 +29,7 @@ from pathlib import Path
 import edgeslim
 
 POLL_MS = 20
+MAX_REPLY = 400  # tokens a reply may take; less on a small context
 
 
 class ChatApp:
@@ -163,12 +164,28 @@ class ChatApp:
         self.history.append({"role": "user", "content": text})
         self._write(("\n" if self.log.index("end-1c") != "1.0" else "") + f"You: {text}\n", "user")
         self.reply, self.max_gap = "", 0.0
-        self.gen = self.model.stream_chat(self.history[-20:], max_tokens=400, temperature=0.7)
+        reply_room = min(MAX_REPLY, self.model.n_ctx // 4)
+        try:
+            self.gen = self.model.stream_chat(self._recent(self.model.n_ctx - reply_room), max_tokens=reply_room,
+                                              temperature=0.7)
+        except edgeslim.EdgeslimError as e:  # e.g. one message longer than the context
+            self.history.pop()
+            self.status.configure(text=str(e))
+            self.trace("failed", e)
+            return
         self.send_btn.configure(state="disabled")
         self.stop_btn.configure(state="normal")
         self.status.configure(text="generating...")
         threading.Thread(target=self._generate, args=(self.gen,), daemon=True).start()
         self.trace("sent")
+
+    def _recent(self, budget: int) -> list[dict]:
+        """The latest turns whose prompt fits `budget` tokens (older turns drop off, as in llama.cpp's
+        and Ollama's chats when the context fills); at least the newest message."""
+        turns = self.history
+        while len(turns) > 1 and len(self.model.chat_tokens(turns)) > budget:
+            turns = turns[2:] if len(turns) > 2 else turns[1:]  # drop the oldest user + assistant pair
+        return turns
 
     def stop(self) -> None:
         if self.gen is not None:

@@ -10,7 +10,7 @@ edgeslim's converter, then quantized files with
     presets' mixtures) from the same F16 file, plain and with `llama-imatrix` on the same
     calibration text and token count edgeslim calibrates on (IQ1/IQ2 types need it);
   * mlx-lm (when importable): uniform bits, its mixed_* recipes and `dynamic_quant` (offline),
-    its tensors copied unchanged into edgeslim's affine GGUF layout (`_quality_make.mlx_to_gguf`),
+    its tensors copied unchanged into edgeslim's affine GGUF layout (`edgeslim.convert.mlx_import.mlx_to_gguf`),
 and scores every file by KL(F16 || quantized): llama.cpp's `llama-perplexity --kl-divergence`
 for every file llama.cpp loads (ggml types, edgeslim's included), edgeslim's own runtime for
 mlx-lm's layout (the report shows both scorers agree on F16 and on one llama.cpp file).

@@ -59,8 +59,19 @@ class App:
                 continue
             if line.split()[0] in words:
                 return line
-            assert not line.startswith(("failed", "Traceback")), line
+            if line.startswith(("failed", "Traceback")):
+                raise AssertionError("\n".join([line, *self._rest()]))
         raise AssertionError(f"none of {words} from the app in {timeout}s")
+
+    def _rest(self, wait: float = 2.0) -> list[str]:
+        """The lines that follow within `wait` seconds (the rest of a traceback)."""
+        out, end = [], time.monotonic() + wait
+        while time.monotonic() < end:
+            try:
+                out.append(self.lines.get(timeout=0.2))
+            except queue.Empty:
+                pass
+        return out
 
     def xdo(self, *args: str) -> str:
         return subprocess.run([XDOTOOL, *args], env=self.env, capture_output=True, text=True, timeout=30,

@@ -2,7 +2,7 @@
 
 Every peer file is measured exactly as edgeslim's own (edgeslim's runtime reads llama.cpp
 GGUFs; mlx-lm's quantized tensors are copied unchanged into edgeslim's affine GGUF layout,
-the same `mx.quantize` layout, by `scripts/bench_quality.py`'s `mlx_to_gguf`), so the
+the same `mx.quantize` layout, by `edgeslim.convert.mlx_import.mlx_to_gguf`), so the
 points differ only in how the weights were compressed.
 """
 from __future__ import annotations
@@ -16,9 +16,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeslim.convert.mlx_import import mlx_to_gguf
+
 LLAMA_BY_BITS = {8: "Q8_0", 6: "Q6_K", 5: "Q5_K_M", 4: "Q4_K_M", 3: "Q3_K_M", 2: "Q2_K"}
 MLX_BITS = (2, 3, 4, 5, 6, 8)
-REPO = Path(__file__).resolve().parents[2]
 
 
 class Unavailable(Exception):
@@ -79,20 +80,11 @@ def build_mlx(peer: PeerPoint, src: str, out: Path, work: Path, log: Path) -> di
         raise Unavailable("mlx_lm is not installed (pip install mlx-lm)")
     if not Path(src).is_dir():
         raise Unavailable("mlx_lm converts Hugging Face folders; this source is a GGUF file")
-    bq = REPO / "scripts" / "bench_quality.py"
-    if not bq.is_file():
-        raise Unavailable("needs scripts/bench_quality.py (a source checkout) to read mlx-lm's files")
     mlx_dir = work / f"{out.stem}-mlx"
     shutil.rmtree(mlx_dir, ignore_errors=True)
     text = _run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", src, "--mlx-path", mlx_dir, "-q",
                  "--q-bits", str(peer.bits), "--q-group-size", "64"], log)
-    mod = sys.modules.get("_edgeslim_bench_quality")
-    if mod is None:
-        spec = importlib.util.spec_from_file_location("_edgeslim_bench_quality", bq)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod  # dataclasses look their module up there
-        spec.loader.exec_module(mod)
-    mod.mlx_to_gguf(Path(src), mlx_dir, out)
+    mlx_to_gguf(Path(src), mlx_dir, out)
     m = re.search(r"Quantized model with ([\d.]+) bits per weight", text)
     shutil.rmtree(mlx_dir, ignore_errors=True)
     return {"mlx_reported_bpw": float(m.group(1)) if m else None}

@@ -151,6 +151,7 @@ def test_prefill_path_uses_exact_weights(monkeypatch):
     """T > SMALL_T_* goes through dequantized tiles + BLAS: float32-exact, no activation rounding."""
     monkeypatch.setattr(K.driver, "SMALL_T_QUANT", 4)
     monkeypatch.setattr(K.driver, "SMALL_T_8BIT", 4)
+    monkeypatch.setattr(K.driver, "INT_PREFILL_T", 4)
     monkeypatch.setattr(K.driver, "TILE_ELEMS", 256 * 256)
     rng = np.random.default_rng(4)
     rows = 256 + 7  # more than one tile
@@ -280,8 +281,9 @@ def test_affine_matches_mlx():
 # ----------------------------------------------------------------------------- variants, lookups, errors
 @pytest.mark.parametrize("qtype", GGML_QUANT + ("AFFINE4_G32",))
 def test_portable_variant_is_identical(qtype):
-    """The non-x86 steps (widening multiply + pairwise add, select-tree lookups) compute the same
-    integers in the same float order, on a row with a tail where the type has one."""
+    """The non-x86 steps (widening multiply + pairwise add, select-tree lookups) and the plain AVX2
+    steps (where the host has VNNI) compute the same integers in the same float order, on a row with
+    a tail where the type has one."""
     rng = np.random.default_rng(9)
     cols = 288 if quant_info(qtype).block == 32 else COLS
     if qtype.startswith("AFFINE"):
@@ -289,8 +291,12 @@ def test_portable_variant_is_identical(qtype):
         p = K.prepare(qtype, shape=(8, cols), **kw)
     else:
         p = K.prepare(qtype, ggml_raw(qtype, 8, cols, rng), (8, cols))
-    x = rng.standard_normal((1, cols)).astype(np.float32)
-    np.testing.assert_array_equal(K.linear(p.with_portable(), x), K.linear(p.with_portable(False), x))
+    for t in (1, 3):  # the single and the batched kernels
+        x = rng.standard_normal((t, cols)).astype(np.float32)
+        native = K.linear(p.with_portable(False), x)
+        np.testing.assert_array_equal(K.linear(p.with_portable(), x), native)
+        # on a VNNI host the native variant uses vpdpbusd; the plain AVX2 steps must agree exactly
+        np.testing.assert_array_equal(K.linear(p.with_portable(False, vnni=False), x), native)
 
 
 def test_embed_rows():

@@ -37,6 +37,23 @@ def _host_has_avx2() -> bool:
 
 USE_AVX2 = _host_has_avx2()
 
+
+def _host_has_vnni() -> bool:
+    """True when the AVX2 target also has a 256-bit vpdpbusd (AVX-VNNI, or AVX512-VNNI with VL);
+    `EDGESLIM_NO_VNNI=1` turns it off (the AVX2 steps are then used, as on older CPUs)."""
+    if not USE_AVX2 or os.environ.get("EDGESLIM_NO_VNNI"):
+        return False
+    if _nb_config.CPU_NAME or _nb_config.CPU_FEATURES:
+        f = _nb_config.CPU_FEATURES or ""
+        return "+avxvnni" in f or ("+avx512vnni" in f and "+avx512vl" in f)
+    import llvmlite.binding as llvm
+
+    f = llvm.get_host_cpu_features()
+    return bool(f.get("avxvnni", False) or (f.get("avx512vnni", False) and f.get("avx512vl", False)))
+
+
+USE_VNNI = _host_has_vnni()
+
 I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 F16, F32 = ir.HalfType(), ir.FloatType()
 
@@ -56,8 +73,9 @@ def array_addr(context, builder, ty, val):
 class E:
     """A few vector helpers over an llvmlite IRBuilder (addresses are i64 integers)."""
 
-    def __init__(self, b: ir.IRBuilder, portable: bool):
+    def __init__(self, b: ir.IRBuilder, portable: bool, vnni: bool = True):
         self.b, self.portable = b, portable or not USE_AVX2
+        self.vnni = vnni and USE_VNNI and not self.portable  # emit vpdpbusd (see dpbusd)
 
     # -- constants, addresses, memory
     def k(self, ty, v):
@@ -178,6 +196,18 @@ class E:
         z = self.k(x8.type, 0)
         neg = self.b.select(self.b.icmp_signed("<", s8, z), self.b.sub(z, x8), x8)
         return self.b.select(self.b.icmp_signed("==", s8, z), z, neg)
+
+    def abs8(self, w8):
+        """|w| per signed byte (vpabsb; -128 stays 128 as an unsigned byte)."""
+        neg = self.b.icmp_signed("<", w8, self.k(w8.type, 0))
+        return self.b.select(neg, self.b.sub(self.k(w8.type, 0), w8), w8)
+
+    def dpbusd(self, acc32, u8, s8):
+        """acc32 + <8 x i32> sums of 4 adjacent u8 * s8 products (vpdpbusd: no i16 step, so no
+        saturation; only when self.vnni).  acc32 None starts from zero."""
+        acc = self.k(V(I32, 8), 0) if acc32 is None else acc32
+        f = self.fn("llvm.x86.avx512.vpdpbusd.256", V(I32, 8), [V(I32, 8), V(I8, 32), V(I8, 32)])
+        return self.b.call(f, [acc, u8, s8])
 
     def sign_dot(self, w8, x8):
         """Signed <32 x i8> . <32 x i8> -> <16 x i16>, via |w| * (x with w's sign)."""

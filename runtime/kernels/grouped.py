@@ -14,7 +14,8 @@ Activations are int8 per group with float sums per group:
 
 Inner loop, per unit and activation: vpmaddubsw per chunk (signed codes:
 vpabsb + vpsignb + vpmaddubsw), chunk pair sums added in i16 while they cannot
-overflow, widened by vpmaddwd with ones, int -> float, and one fma by the
+overflow, widened by vpmaddwd with ones (with AVX-VNNI / AVX512-VNNI: one
+vpdpbusd per chunk into i32 instead), int -> float, and one fma by the
 lanes' (scale x activation scale).  Blocks of NU units spanning exactly 8
 groups share one <8 x float> of those coefficients (vcvtph2ps + vmulps), each
 unit picking its lanes with one shuffle (the identity when S = 8 and groups
@@ -60,6 +61,8 @@ def _i16_budget(spec: Spec) -> int:
 
 def _unit_isum(spec: Spec, e: E, x0, codes, xqt):
     """<8 x i32>: lane l = sum over the chunks' lanes 4l..4l+3 of code * x (unit at element x0)."""
+    if e.vnni:
+        return _unit_isum_vnni(spec, e, x0, codes, xqt)
     b, budget = e.b, _i16_budget(spec)
     isum, part, n_part = None, None, 0
     for c, q in enumerate(codes):
@@ -72,6 +75,20 @@ def _unit_isum(spec: Spec, e: E, x0, codes, xqt):
             isum = w if isum is None else b.add(isum, w)
             part, n_part = None, 0
     return isum
+
+
+def _unit_isum_vnni(spec: Spec, e: E, x0, codes, xqt):
+    """With VNNI: one vpdpbusd per chunk (signed codes: vpabsb + vpsignb first) into 4 independent
+    i32 accumulators (no vpmaddwd widening, no i16 overflow budget), summed at the end."""
+    accs = [None] * 4
+    for c, q in enumerate(codes):
+        x8 = e.ld(xqt, e.add(x0, 32 * c), V(I8, 32))
+        u8, s8 = (e.abs8(q), e.sign(x8, q)) if spec.signed else (q, x8)
+        accs[c % 4] = e.dpbusd(accs[c % 4], u8, s8)
+    live = [a for a in accs if a is not None]
+    while len(live) > 1:
+        live = [e.b.add(live[i], live[i + 1]) if i + 1 < len(live) else live[i] for i in range(0, len(live), 2)]
+    return live[0]
 
 
 def row_body(spec: Spec, e: E, P, X, T, ncols, fam):

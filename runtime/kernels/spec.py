@@ -17,13 +17,14 @@ A family with its own packed class and kernels registers with `register_own` ins
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from numba import types
 from numba.extending import NativeValue, models, register_model, typeof_impl, unbox
 
-from .emit import USE_AVX2
+from .emit import USE_AVX2, USE_VNNI
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,11 @@ class Spec:
     signed: bool = False  # codes are signed int8 (Q8_0)
     portable: bool = False  # emit the portable dot steps instead of x86 intrinsics
     batched: bool = False  # loop over up to TMAX activations
+    vnni: bool = True  # use vpdpbusd where the host has it (False: the plain AVX2 steps)
 
     @property
     def key(self) -> str:
-        return f"{self.name}{'/p' if self.portable else ''}{'/b' if self.batched else ''}"
+        return f"{self.name}{'/p' if self.portable else ''}{'/b' if self.batched else ''}{'' if self.vnni else '/a2'}"
 
 
 FAMILIES: dict[str, object] = {}  # family key -> kernel module
@@ -61,14 +63,13 @@ _SPECS: dict[str, Spec] = {}  # Spec.key -> every variant
 
 
 def register(family: str, module, specs) -> None:
-    """Add a kernel family and its specs (each in its four portable/batched variants)."""
+    """Add a kernel family and its specs (each in its portable/batched/vnni variants)."""
     FAMILIES[family] = module
     for s in specs:
         BASE[s.name] = s
-        for p in (False, True):
-            for b in (False, True):
-                v = replace(s, portable=p, batched=b)
-                _SPECS[v.key] = v
+        for p, b, n in itertools.product((False, True), repeat=3):
+            v = replace(s, portable=p, batched=b, vnni=n)
+            _SPECS[v.key] = v
 
 
 OWN: dict[type, object] = {}  # packed class -> module of a family that runs its own kernels
@@ -110,7 +111,8 @@ class SpecType(types.Dummy):
     def __init__(self, spec_key: str):
         self.spec_key = spec_key
         # the name is the cache/specialization key: it also records which dot steps get emitted
-        super().__init__(name=f"KernelSpec({spec_key}{'' if USE_AVX2 else '/generic'}@{_TAG})")
+        isa = "/vnni" if USE_VNNI else "" if USE_AVX2 else "/generic"
+        super().__init__(name=f"KernelSpec({spec_key}{isa}@{_TAG})")
 
     @property
     def spec(self) -> Spec:

@@ -11,7 +11,16 @@ Importing edgeslim never imports torch or transformers; the converter does, only
 when it calibrates. Every error meant for the user is an `edgeslim.EdgeslimError`
 (its message is one line naming the problem and the fix).
 """
-from .errors import EdgeslimError  # noqa: F401  (part of the API: apps catch it)
+import os as _os
+
+# OpenBLAS's idle worker threads spin for 2^28 cycles (~0.1 s) after every BLAS call, taking the
+# cores numba's kernels run on next: a 512-token prefill (attention in BLAS, matmuls in numba) ran
+# at 120 tok/s with the default and 173 tok/s with 2^4 (TinyLlama-shaped Q4_K_M, 2 threads, Zen 5).
+# OpenBLAS reads this once, when numpy loads it: it works when edgeslim is imported before numpy
+# (the CLI, `import edgeslim` first); an app that imports numpy earlier can set it itself.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from .errors import EdgeslimError  # noqa: E402,F401  (part of the API: apps catch it)
 
 __version__ = "0.1.0"
 

@@ -10,8 +10,8 @@ Decode (T <= SMALL_T_*): `_matvec` quantizes x once (`_quant_x`), then runs
 the spec's row kernel (`rows._row`, emitted by the weight's family module)
 for every row under `prange`, TMAX activations per pass so each decoded
 weight block serves several activations.  Prefill (larger T): on AVX2 hosts the
-same kernels for every family but the lattice IQ types (measured faster, see
-INT_PREFILL_T); elsewhere dequantize TILE_ELEMS weights (whole rows) at a time
+same kernels for every type but a family's BLAS_PREFILL ones (measured faster,
+see INT_PREFILL_T); elsewhere dequantize TILE_ELEMS weights (whole rows) at a time
 in kernel order and multiply with BLAS.  The njit functions are `cache=True`: a second start does not recompile.
 A family registered with `spec.register_own` (sparse.py) gets its weights and
 packed objects handed over by every function of the API.
@@ -40,10 +40,10 @@ SMALL_T_QUANT = 64
 SMALL_T_8BIT = 32  # Q8_0 / AFFINE8: one float fma per 32 weights per activation, so BLAS wins sooner
 SMALL_T_FLOAT = 8
 # On x86 with AVX2 (and VNNI where present) the packed int8 kernels beat the dequantize + BLAS path
-# at every T for the types whose codes decode cheaply: whole-model prefill of a 512-token prompt,
-# TinyLlama-shaped llama.cpp files, 2 threads (Zen 5): Q4_0 90 -> 98 tok/s, Q5_0 84 -> 106,
-# Q4_K_M 87 -> 114, Q8_0 88 -> 102, IQ4_NL 90 -> 105, TQ2_0 93 -> 121; the lattice types do not gain
-# (IQ2_XXS 88 -> 87, IQ3_S 92 -> 63), so their family sets INT_PREFILL = False.
+# at every T for every type but the ones a family lists in BLAS_PREFILL: whole-model prefill of a
+# 512-token prompt, TinyLlama-shaped llama.cpp files, 2 threads (Zen 5), BLAS tiles -> int kernels:
+# Q4_0 88 -> 167 tok/s, Q4_K_M 87 -> 175, Q8_0 88 -> 156, IQ4_NL 90 -> 169, IQ2_XXS 98 -> 127,
+# IQ3_XXS 98 -> 112, IQ1_S 97 -> 115; IQ3_S 97 -> 75 (its 8-index assembly per chunk), so BLAS.
 INT_PREFILL_T = 1 << 62
 TILE_ELEMS = 1 << 22  # float32 weights per dequantized tile on the prefill path (16 MB)
 # Weights x activations below which a call runs serially: where the parallel copy first won,
@@ -298,7 +298,7 @@ def _dequant_kernel_order(p: Packed, ids: np.ndarray) -> np.ndarray:
 def _small_t(spec: Spec) -> int:
     if spec.xblk == 0:
         return SMALL_T_FLOAT
-    if USE_AVX2 and getattr(family(spec), "INT_PREFILL", True):
+    if USE_AVX2 and spec.name not in getattr(family(spec), "BLAS_PREFILL", ()):
         return INT_PREFILL_T
     return SMALL_T_8BIT if spec.bits == 8 else SMALL_T_QUANT
 
@@ -307,7 +307,7 @@ def linear(p: Packed, x: np.ndarray) -> np.ndarray:
     """x (T, cols) float32 -> (T, rows) float32 = x @ W.T.
 
     T <= SMALL_T_QUANT (8-bit codes: SMALL_T_8BIT, F16/BF16: SMALL_T_FLOAT; on AVX2 hosts every T
-    for the families with INT_PREFILL): the packed-integer (F16/BF16: float) kernels, weights never
+    but a family's BLAS_PREFILL types): the packed-integer (F16/BF16: float) kernels, weights never
     dequantized, int8 activations.  Larger T:
     dequantize TILE_ELEMS weights (whole rows) at a time and multiply with BLAS (exact weights).
     F32 weights always use BLAS.

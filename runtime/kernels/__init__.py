@@ -10,9 +10,11 @@ How the decode path is fast: weights are repacked once into contiguous code
 planes (planes.py) so a 32-byte load yields the codes of 32 weights after a
 shift/mask; activations are quantized to int8 per block with float block sums
 kept for the min/bias terms; a weight group then costs integer work only
-(vpmaddubsw, vpmaddwd) and one float fma per group or super-block.  The row
+(vpmaddubsw, vpmaddwd; vpdpbusd in the 32-wide and affine families where the
+CPU has AVX-VNNI) and one float fma per group or super-block.  The row
 kernels are numba intrinsics emitting LLVM vector IR (emit.py), with portable
-variants for non-AVX2 targets.
+variants for non-AVX2 targets.  Prompts run through the same kernels, 16
+activations per weight pass (on x86; see driver.INT_PREFILL_T).
 
 Package map (adding a type = its reference in edgeslim/quants, one table row in
 edgeslim/tables.py, its kernel in one family module):

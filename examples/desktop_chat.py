@@ -164,10 +164,11 @@ class ChatApp:
         self.history.append({"role": "user", "content": text})
         self._write(("\n" if self.log.index("end-1c") != "1.0" else "") + f"You: {text}\n", "user")
         self.reply, self.max_gap = "", 0.0
-        reply_room = min(MAX_REPLY, self.model.n_ctx // 4)
+        n_ctx = self.model.n_ctx
+        turns = self._recent(n_ctx - min(MAX_REPLY, n_ctx // 4))  # leave a reply at least a quarter
+        room = min(MAX_REPLY, n_ctx - len(self.model.chat_tokens(turns)))
         try:
-            self.gen = self.model.stream_chat(self._recent(self.model.n_ctx - reply_room), max_tokens=reply_room,
-                                              temperature=0.7)
+            self.gen = self.model.stream_chat(turns, max_tokens=max(room, 1), temperature=0.7)
         except edgeslim.EdgeslimError as e:  # e.g. one message longer than the context
             self.history.pop()
             self.status.configure(text=str(e))

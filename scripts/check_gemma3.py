@@ -75,8 +75,10 @@ def logits_check(path, backend: str, n_tokens: int, threads: int = 2, n_steps: i
     return kl_top1(np.asarray(llm.scores[:len(ids)]), np.concatenate(got))
 
 
-def greedy_check(path, n_new: int = 24, backend: str = "numba", prompts=PROMPTS) -> list[tuple[int, str, str]]:
-    """Per prompt: (tokens equal before the first difference, our text, llama.cpp's text)."""
+def greedy_check(path, n_new: int = 24, backend: str = "numba", prompts=PROMPTS) -> list[tuple[int, str, str, float]]:
+    """Per prompt: (tokens equal before the first difference, our text, llama.cpp's text, our logit
+    margin there: our token's logit minus llama.cpp's token's, 0.0 when all are equal; a small margin
+    is a near-tie that 8-bit activation rounding, done differently on the two sides, may flip)."""
     import edgeslim
 
     model = edgeslim.load(path, backend=backend)
@@ -84,7 +86,7 @@ def greedy_check(path, n_new: int = 24, backend: str = "numba", prompts=PROMPTS)
     out = []
     for prompt in prompts:
         ids = model.tokenizer.encode(prompt)
-        ours = _greedy(model, ids, n_new)
+        ours, rows = _greedy(model, ids, n_new)
         llm.reset()
         theirs = []
         for t in llm.generate(ids, temp=0.0, top_k=1):
@@ -92,19 +94,22 @@ def greedy_check(path, n_new: int = 24, backend: str = "numba", prompts=PROMPTS)
             if len(theirs) == n_new:
                 break
         same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-        out.append((same, model.tokenizer.decode(ours), model.tokenizer.decode(theirs)))
+        margin = float(rows[same][ours[same]] - rows[same][theirs[same]]) if same < min(len(ours), len(theirs)) else 0.0
+        out.append((same, model.tokenizer.decode(ours), model.tokenizer.decode(theirs), margin))
     return out
 
 
-def _greedy(model, ids: list[int], n_new: int) -> list[int]:
+def _greedy(model, ids: list[int], n_new: int) -> tuple[list[int], list[np.ndarray]]:
+    """Greedy tokens and the logits row each was chosen from."""
     be = model._backend
     cache = be.new_cache(len(ids) + n_new)
     logits = be.forward(ids, cache)
-    out = []
+    out, rows = [], []
     for _ in range(n_new):
+        rows.append(np.asarray(logits[-1]))
         out.append(int(np.argmax(logits[-1])))
         logits = be.forward([out[-1]], cache)
-    return out
+    return out, rows
 
 
 def tokenizer_texts() -> list[str]:
@@ -172,8 +177,9 @@ def main(argv=None) -> int:
         return 2
     kl, top1 = logits_check(path, args.backend, args.tokens, args.threads)
     print(f"logits ({args.backend}, {args.tokens} WikiText-2 tokens): mean KL {kl:.5f}, top-1 agreement {top1:.3f}")
-    for same, ours, theirs in greedy_check(path, backend=args.backend):
-        print(f"greedy: {same}/24 tokens equal | ours {ours!r} | llama.cpp {theirs!r}")
+    for same, ours, theirs, margin in greedy_check(path, backend=args.backend):
+        print(f"greedy: {same}/24 tokens equal (our logit margin there {margin:.3f}) | ours {ours!r} | "
+              f"llama.cpp {theirs!r}")
     same, n, bad = tokenizer_check(path)
     print(f"tokenizer: {same}/{n} encodings identical to llama.cpp's" + (f"; first differences: {bad}" if bad else ""))
     if not args.skip_speed:

@@ -48,11 +48,14 @@ def test_logits_match_llama_cpp(llama_cpp, shared_data):
 
 @pytest.mark.slow
 def test_greedy_continuations_match_llama_cpp(llama_cpp):
-    """Greedy continuations: scripts/check_gemma3.py measured 24, 24, 24 and 2 equal tokens of 24 on
-    its four prompts (the last diverges at a near-tie: "red, yellow, and blue" vs "red, blue, and
-    yellow"); two of them here, 16 tokens each (decode is slow while Q5_0 runs as float32)."""
+    """Greedy continuations, two prompts, 16 tokens each: equal to llama.cpp's, or equal up to a
+    near-tie, where our logit margin between our token and llama.cpp's is under 0.1 (logits of
+    order 10-30). Both sides round activations to 8 bits, differently, so a near-tie may go either
+    way from run to run (the kernels' serial and parallel copies round float sums differently):
+    scripts/check_gemma3.py measured 24/24 on these two prompts, and once "a very pretty girl"
+    against llama.cpp's "a very smart girl" at token 8; on its first prompt 18/24 at a margin of 0.035."""
     runs = check.greedy_check(MODEL, n_new=16, prompts=check.PROMPTS[1:3])
-    assert [same for same, _, _ in runs] == [16, 16], runs
+    assert all(same == 16 or (same >= 4 and 0 <= margin < 0.1) for same, _, _, margin in runs), runs
 
 
 def test_tokenizer_matches_llama_cpp(llama_cpp, shared_data):

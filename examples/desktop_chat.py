@@ -165,8 +165,8 @@ class ChatApp:
         self._write(("\n" if self.log.index("end-1c") != "1.0" else "") + f"You: {text}\n", "user")
         self.reply, self.max_gap = "", 0.0
         n_ctx = self.model.n_ctx
-        turns = self._recent(n_ctx - min(MAX_REPLY, n_ctx // 4))  # leave a reply at least a quarter
-        room = min(MAX_REPLY, n_ctx - len(self.model.chat_tokens(turns)))
+        turns, n_prompt = self._recent(n_ctx - min(MAX_REPLY, n_ctx // 4))  # leave a reply at least a quarter
+        room = min(MAX_REPLY, n_ctx - n_prompt)
         try:
             self.gen = self.model.stream_chat(turns, max_tokens=max(room, 1), temperature=0.7)
         except edgeslim.EdgeslimError as e:  # e.g. one message longer than the context
@@ -180,13 +180,15 @@ class ChatApp:
         threading.Thread(target=self._generate, args=(self.gen,), daemon=True).start()
         self.trace("sent")
 
-    def _recent(self, budget: int) -> list[dict]:
+    def _recent(self, budget: int) -> tuple[list[dict], int]:
         """The latest turns whose prompt fits `budget` tokens (older turns drop off, as in llama.cpp's
-        and Ollama's chats when the context fills); at least the newest message."""
+        and Ollama's chats when the context fills), at least the newest message; and their prompt length."""
         turns = self.history
-        while len(turns) > 1 and len(self.model.chat_tokens(turns)) > budget:
+        n = len(self.model.chat_tokens(turns))
+        while len(turns) > 1 and n > budget:
             turns = turns[2:] if len(turns) > 2 else turns[1:]  # drop the oldest user + assistant pair
-        return turns
+            n = len(self.model.chat_tokens(turns))
+        return turns, n
 
     def stop(self) -> None:
         if self.gen is not None:

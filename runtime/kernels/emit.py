@@ -22,17 +22,23 @@ from numba import config as _nb_config
 from numba.core import cgutils
 
 
+def _target_has(feature: str) -> bool:
+    """Whether numba compiles for a CPU with this LLVM feature: the target the user pinned
+    (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES), else the host."""
+    if _nb_config.CPU_NAME or _nb_config.CPU_FEATURES:  # user pinned a generic/other target
+        return f"+{feature}" in (_nb_config.CPU_FEATURES or "")
+    import llvmlite.binding as llvm
+
+    return bool(llvm.get_host_cpu_features().get(feature, False))
+
+
 def _host_has_avx2() -> bool:
     """True when numba compiles for a CPU with AVX2 (then the x86 dot intrinsics are used)."""
     if os.environ.get("EDGESLIM_PORTABLE_KERNELS"):
         return False
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    if _nb_config.CPU_NAME or _nb_config.CPU_FEATURES:  # user pinned a generic/other target
-        return "+avx2" in (_nb_config.CPU_FEATURES or "")
-    import llvmlite.binding as llvm
-
-    return bool(llvm.get_host_cpu_features().get("avx2", False))
+    return _target_has("avx2")
 
 
 USE_AVX2 = _host_has_avx2()
@@ -43,13 +49,7 @@ def _host_has_vnni() -> bool:
     `EDGESLIM_NO_VNNI=1` turns it off (the AVX2 steps are then used, as on older CPUs)."""
     if not USE_AVX2 or os.environ.get("EDGESLIM_NO_VNNI"):
         return False
-    if _nb_config.CPU_NAME or _nb_config.CPU_FEATURES:
-        f = _nb_config.CPU_FEATURES or ""
-        return "+avxvnni" in f or ("+avx512vnni" in f and "+avx512vl" in f)
-    import llvmlite.binding as llvm
-
-    f = llvm.get_host_cpu_features()
-    return bool(f.get("avxvnni", False) or (f.get("avx512vnni", False) and f.get("avx512vl", False)))
+    return _target_has("avxvnni") or (_target_has("avx512vnni") and _target_has("avx512vl"))
 
 
 USE_VNNI = _host_has_vnni()
@@ -211,9 +211,9 @@ class E:
 
     def sign_dot(self, w8, x8):
         """Signed <32 x i8> . <32 x i8> -> <16 x i16>, via |w| * (x with w's sign)."""
-        neg = self.b.icmp_signed("<", w8, self.k(w8.type, 0))
-        aw = self.b.select(neg, self.b.sub(self.k(w8.type, 0), w8), w8)
+        aw = self.abs8(w8)
         if self.portable:
+            neg = self.b.icmp_signed("<", w8, self.k(w8.type, 0))
             sx = self.b.select(neg, self.b.sub(self.k(x8.type, 0), x8), x8)
         else:  # vpsignb: x * sign(w) in one instruction
             sx = self.b.call(self.fn("llvm.x86.avx2.psign.b", V(I8, 32), [V(I8, 32), V(I8, 32)]), [x8, w8])

@@ -81,7 +81,7 @@ def test_chat_page_streams_and_stops(browser, page_server, tmp_path):
     _set(d, "system", "You tell short stories for children.")
     _set(d, "temperature", "0.6")
     assert d.find_element("id", "temperature-value").text == "0.6"
-    _set(d, "max-tokens", "60")
+    _set(d, "max-tokens", "120")  # long enough to be seen growing (60 tokens could arrive in one look)
 
     # 1. a whole reply, streamed: the text grows over several looks before it is done
     _send(d, "Tell me a story about a cat.")
@@ -96,7 +96,7 @@ def test_chat_page_streams_and_stops(browser, page_server, tmp_path):
     assert "cat" in d.find_element("css selector", ".msg.user").text
 
     # 2. Stop: a long reply, stopped as soon as text appears (tried again if it ended first)
-    _set(d, "max-tokens", "400")
+    _set(d, "max-tokens", "300")  # with the first reply it fits the 512-token context
     before = page_server.get("/health")["cancelled"]
     for attempt in range(5):
         _send(d, "Tell me a long story about a dog and a ball.")

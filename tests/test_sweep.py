@@ -73,12 +73,14 @@ def test_pareto_fronts_and_answer():
     assert interpolate_log([(2, 0.6), (3, 0.1)], 5) is None
     text = answer(pts)
     assert text.startswith("Sparse + more bits beats dense + fewer bits") and "1 of 1 compared" in text
+    assert text.endswith("decode at 0.05x the tokens/s of the dense file nearest in size.")  # s 1 vs c 20
     assert "No sparse point" in answer([p for p in pts if not p["sparsity"]])
     big = dict(pts[-1], key="t", label="t", file_bytes=5, kl_mean=0.2)  # larger and worse than d: a loss
     small = dict(pts[-1], key="u", label="u", file_bytes=0.5, kl_mean=0.9)  # smaller than every dense file
     text = answer(pts + [big, small])
     assert "sometimes beats" in text and "1 of 2 compared" in text and "worse than a smaller dense file" in text
     assert "u at 0.00 MB: no dense file of equal or smaller size" in text
+    assert "decode at 0.05-0.20x the tokens/s" in text  # s vs c, t vs d (5 tok/s), u vs a (10)
     assert answer(pts[:4] + [small]).startswith("No sparse point can be compared")
 
 

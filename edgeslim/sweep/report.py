@@ -74,7 +74,21 @@ def answer(results: list[dict]) -> str:
                 "dense file; add lower --bits): " + "; ".join(parts) + ".")
     verdict = "beats" if wins == tested else "does not beat" if wins == 0 else "sometimes beats"
     return (f"Sparse + more bits {verdict} dense + fewer bits at equal file size ({wins} of {tested} compared: "
-            + "; ".join(parts) + ").")
+            + "; ".join(parts) + ")" + _speed_clause(sparse, [r for r in good if not r.get("sparsity")]) + ".")
+
+
+def _speed_clause(sparse: list[dict], dense: list[dict]) -> str:
+    """", and they decode at A-B x the tokens/s of the dense file nearest in size" (nothing without speeds)."""
+    ratios = []
+    for r in sparse:
+        near = [d for d in dense if d.get("decode_tps") and d["file_bytes"] > 0]
+        if r.get("decode_tps") and near and r["file_bytes"] > 0:
+            d = min(near, key=lambda d: abs(math.log(d["file_bytes"] / r["file_bytes"])))
+            ratios.append(r["decode_tps"] / d["decode_tps"])
+    if not ratios:
+        return ""
+    span = f"{min(ratios):.2f}x" if len(ratios) == 1 else f"{min(ratios):.2f}-{max(ratios):.2f}x"
+    return f", and the sparse files decode at {span} the tokens/s of the dense file nearest in size"
 
 
 def _fmt_task(t: dict | None) -> str:

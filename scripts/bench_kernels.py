@@ -12,6 +12,7 @@ installed) on the same weights and thread count.  The machine's read bandwidth
     python scripts/bench_kernels.py --types Q4_K Q8_0 --shapes 4096x4096 --reps 20
     python scripts/bench_kernels.py --T 32               # prefill-sized batches
     python scripts/bench_kernels.py --decode-sim Q4_K    # every matmul of a TinyLlama decode step
+    python scripts/bench_kernels.py --types Q4_K@2:4 Q8_0@50%   # sparse types vs the dense type of equal size
     NUMBA_NUM_THREADS=1 python scripts/bench_kernels.py --cpu-time   # 1 thread, CPU-time clock
 
 Timing note: on a shared machine other processes preempt one of the two
@@ -247,9 +248,15 @@ def main(argv=None):
             out_q = "Q6_K" if quant_info(q).family in ("ggml", "affine") else "F16"
             decode_sim(q, out_q, args.reps, rng, None if parse_affine(q) else ggml, threads)
         return
+    sparse = [t for t in args.types if "@" in t]
+    if sparse:  # edgeslim's sparse types: against the dense type of the closest size (bench_sparse.py)
+        import bench_sparse  # noqa: PLC0415  (same folder)
+
+        bench_sparse.CLOCK = CLOCK
+        bench_sparse.bench_kernels(sparse, [tuple(int(v) for v in s.split("x")) for s in args.shapes], args.reps)
     print(f"{'type':13s} {'shape':>10s} {'us/call':>8s} {'GB/s':>6s} {'xread':>6s} "
           f"{'ggml us':>8s} {'ggml GB/s':>9s} {'vs ggml':>7s}")
-    for qtype in args.types:
+    for qtype in (t for t in args.types if "@" not in t):
         for shp in args.shapes:
             rows, cols = (int(v) for v in shp.split("x"))
             t, _ = bench_edgeslim(qtype, rows, cols, args.reps, rng, args.T)

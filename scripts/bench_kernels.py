@@ -250,7 +250,7 @@ def main(argv=None):
         return
     sparse = [t for t in args.types if "@" in t]
     if sparse:  # edgeslim's sparse types: against the dense type of the closest size (bench_sparse.py)
-        import bench_sparse  # noqa: PLC0415  (same folder)
+        import bench_sparse  # same folder
 
         bench_sparse.CLOCK = CLOCK
         bench_sparse.bench_kernels(sparse, [tuple(int(v) for v in s.split("x")) for s in args.shapes], args.reps)

@@ -30,7 +30,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from edgeslim.runtime import kernels as K
-from edgeslim.tables import GGMLType, block_fields, parse_affine, quant_info
+from edgeslim.tables import GGMLType, block_fields, parse_affine, quant_info, sparse_info
 
 SHAPES = ((2048, 5632), (5632, 2048), (4096, 4096))
 TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS",
@@ -248,17 +248,18 @@ def main(argv=None):
             out_q = "Q6_K" if quant_info(q).family in ("ggml", "affine") else "F16"
             decode_sim(q, out_q, args.reps, rng, None if parse_affine(q) else ggml, threads)
         return
-    sparse = [t for t in args.types if "@" in t]
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+    sparse = [t for t in args.types if sparse_info(t) is not None]
     if sparse:  # edgeslim's sparse types: against the dense type of the closest size (bench_sparse.py)
         import bench_sparse  # same folder
 
         bench_sparse.CLOCK = CLOCK
-        bench_sparse.bench_kernels(sparse, [tuple(int(v) for v in s.split("x")) for s in args.shapes], args.reps)
+        bench_sparse.bench_kernels(sparse, shapes, args.reps)
     print(f"{'type':13s} {'shape':>10s} {'us/call':>8s} {'GB/s':>6s} {'xread':>6s} "
           f"{'ggml us':>8s} {'ggml GB/s':>9s} {'vs ggml':>7s}")
-    for qtype in (t for t in args.types if "@" not in t):
-        for shp in args.shapes:
-            rows, cols = (int(v) for v in shp.split("x"))
+    for qtype in (t for t in args.types if t not in sparse):
+        for rows, cols in shapes:
+            shp = f"{rows}x{cols}"
             t, _ = bench_edgeslim(qtype, rows, cols, args.reps, rng, args.T)
             nbytes = stored_bytes(qtype, rows, cols)
             gbs = nbytes / t / 1e9

@@ -78,12 +78,13 @@ def answer(results: list[dict]) -> str:
 
 
 def _speed_clause(sparse: list[dict], dense: list[dict]) -> str:
-    """", and they decode at A-B x the tokens/s of the dense file nearest in size" (nothing without speeds)."""
+    """", and the sparse files decode at A-B x the tokens/s of the dense file nearest in size" (empty
+    without speeds)."""
+    timed = [d for d in dense if d.get("decode_tps") and d["file_bytes"] > 0]
     ratios = []
     for r in sparse:
-        near = [d for d in dense if d.get("decode_tps") and d["file_bytes"] > 0]
-        if r.get("decode_tps") and near and r["file_bytes"] > 0:
-            d = min(near, key=lambda d: abs(math.log(d["file_bytes"] / r["file_bytes"])))
+        if r.get("decode_tps") and timed and r["file_bytes"] > 0:
+            d = min(timed, key=lambda d: abs(math.log(d["file_bytes"] / r["file_bytes"])))
             ratios.append(r["decode_tps"] / d["decode_tps"])
     if not ratios:
         return ""

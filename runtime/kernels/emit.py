@@ -14,6 +14,7 @@ Addresses are i64 integers (`ptr + byte offset`); every load and store is
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
@@ -22,14 +23,20 @@ from numba import config as _nb_config
 from numba.core import cgutils
 
 
+@functools.cache
+def _host_features() -> dict:
+    """The host CPU's LLVM feature map (read once)."""
+    import llvmlite.binding as llvm
+
+    return dict(llvm.get_host_cpu_features())
+
+
 def _target_has(feature: str) -> bool:
     """Whether numba compiles for a CPU with this LLVM feature: the target the user pinned
     (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES), else the host."""
     if _nb_config.CPU_NAME or _nb_config.CPU_FEATURES:  # user pinned a generic/other target
         return f"+{feature}" in (_nb_config.CPU_FEATURES or "")
-    import llvmlite.binding as llvm
-
-    return bool(llvm.get_host_cpu_features().get(feature, False))
+    return bool(_host_features().get(feature, False))
 
 
 def _host_has_avx2() -> bool:

@@ -1,4 +1,4 @@
-"""numba versions of the non-matmul steps of a block, for the numba backend's decode.
+"""numba versions of the non-matmul steps of a block, for the numba backend.
 
 The numpy code in `ops.py` is the reference; these functions compute the same
 math without the per-call overhead of a dozen small numpy operations (measured
@@ -11,6 +11,8 @@ attention's reshapes cost 7 ms of a 13.5 ms token, more than the matmuls):
     attend_f16(qkv, n_head, cos, sin, neox, kc, vc, start, scale, window, ring) -> (T, H*Hd)
         RoPE on q and k, k/v stored into the fp16 cache (or its ring), causal GQA attention
         (optionally over a sliding window).
+    attention_f32(q, kt, v, start, scale, window, kpos0) -> (T, H*Hd)
+        `ops.attention` for long prompts: parallel, causal keys only, a vectorizable exp (`_exp`).
 
 The fp16 KV cache is read and written here as its raw uint16 bits, because
 numba has no float16 type:
@@ -133,33 +135,73 @@ def rms_norm(x, w, eps):
     return out
 
 
-@njit(cache=True, fastmath=True)
-def swiglu_halves(gu):
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)
+
+
+@njit(inline="always", fastmath=True)
+def _exp(x):
+    """e^x in float32 for any x (below -87 it returns ~1e-38, above 88 ~1.6e38): 2^n * e^r with
+    n = round(x / ln 2), |r| <= ln2 / 2 (ln 2 split in two for exactness), e^r by its degree-6
+    Taylor polynomial (relative error < 2e-7), 2^n built in the exponent bits.  Written by hand
+    because numba's np.exp is a scalar libm call unless Intel's SVML is installed; this one is
+    plain arithmetic, so LLVM vectorizes the loops that use it."""
+    x = min(max(x, np.float32(-87.0)), np.float32(88.0))
+    n = np.floor(x * _LOG2E + np.float32(0.5))
+    r = x - n * _LN2_HI - n * _LN2_LO
+    p = np.float32(1.0 / 720.0)
+    p = p * r + np.float32(1.0 / 120.0)
+    p = p * r + np.float32(1.0 / 24.0)
+    p = p * r + np.float32(1.0 / 6.0)
+    p = p * r + np.float32(0.5)
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    return p * _as_f32(np.uint32(np.int32(n) + np.int32(127)) << np.uint32(23))
+
+
+def _swiglu_halves(gu):
     """silu(gate) * up for gu (T, 2F) = [gate (T, F) | up (T, F)] -> (T, F)."""
     T, F2 = gu.shape
     F = F2 // 2
     out = np.empty((T, F), np.float32)
-    for t in range(T):
+    for t in prange(T):
         for i in range(F):
             g = gu[t, i]
-            # exp(-g) overflows to inf for g < -88: g / inf = -0, silu's limit
-            out[t, i] = g / (np.float32(1.0) + np.exp(-g)) * gu[t, F + i]
+            out[t, i] = g / (np.float32(1.0) + _exp(-g)) * gu[t, F + i]  # g < -87: g / 1.6e38 ~ -0
     return out
 
 
-@njit(cache=True, fastmath=True)
-def geglu_halves(gu):
-    """gelu_tanh(gate) * up for gu (T, 2F) = [gate (T, F) | up (T, F)] -> (T, F) (Gemma's FFN)."""
+def _geglu_halves(gu):
+    """gelu_tanh(gate) * up for gu (T, 2F) = [gate (T, F) | up (T, F)] -> (T, F) (Gemma's FFN).
+    tanh(z) = 1 - 2 / (e^(2z) + 1), with the vectorizable `_exp`."""
     T, F2 = gu.shape
     F = F2 // 2
     c = np.float32(math.sqrt(2.0 / math.pi))
     out = np.empty((T, F), np.float32)
-    for t in range(T):
+    for t in prange(T):
         for i in range(F):
             g = gu[t, i]
-            out[t, i] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * (g + np.float32(0.044715) * g * g * g))) \
-                * gu[t, F + i]
+            th = np.float32(1.0) - np.float32(2.0) / (_exp(np.float32(2.0) * c * (g + np.float32(0.044715) * g * g * g))
+                                                     + np.float32(1.0))
+            out[t, i] = np.float32(0.5) * g * (np.float32(1.0) + th) * gu[t, F + i]
     return out
+
+
+# Serial below ACT_PARALLEL_ROWS tokens (a decode step's few thousand elements take
+# microseconds, less than waking a thread); prompts split their rows over the threads.
+ACT_PARALLEL_ROWS = 4
+_SWIGLU = serial_and_parallel(_swiglu_halves, fastmath=True)
+_GEGLU = serial_and_parallel(_geglu_halves, fastmath=True)
+
+
+def swiglu_halves(gu):
+    """silu(gate) * up for gu (T, 2F) = [gate | up] -> (T, F)."""
+    return _SWIGLU[gu.shape[0] >= ACT_PARALLEL_ROWS](gu)
+
+
+def geglu_halves(gu):
+    """gelu_tanh(gate) * up for gu (T, 2F) = [gate | up] -> (T, F)."""
+    return _GEGLU[gu.shape[0] >= ACT_PARALLEL_ROWS](gu)
 
 
 @njit(cache=True, fastmath=True)
@@ -292,3 +334,104 @@ def attend_f16(qkv, n_head, cos, sin, neox, kc, vc, start, scale=None, window=0,
     scale = 1.0 / math.sqrt(hd) if scale is None else scale
     return ATTN_CHOOSER.call(work, qkv.shape[0] > 1, _ATTEND, qkv, n_head, cos, sin, neox, kc, vc, start,
                              float(scale), int(window), int(ring))
+
+
+ATTN_TB = 16  # query positions per parallel job of `attention_f32`
+
+
+@njit(inline="always", fastmath=True)
+def _scores(row, qv, K, lo, scale):
+    """row (n,) = scale * (qv . K[:, lo:lo+n]); qv (Hd,), K (Hd, S) keys transposed (rows contiguous
+    in s).  Four key rows per pass: one load and store of row[s] per four fmas (1.5x faster).
+    The loops index 1-D slices from 0: numba then knows no index is negative and LLVM vectorizes
+    (a variable start needs negative-index checks; a 2-D slice has a stride LLVM cannot assume)."""
+    Hd, n = K.shape[0], row.shape[0]
+    for s in range(n):
+        row[s] = 0.0
+    d4 = Hd - Hd % 4
+    for d in range(0, d4, 4):
+        q0, q1, q2, q3 = qv[d] * scale, qv[d + 1] * scale, qv[d + 2] * scale, qv[d + 3] * scale
+        k0, k1, k2, k3 = K[d, lo:lo + n], K[d + 1, lo:lo + n], K[d + 2, lo:lo + n], K[d + 3, lo:lo + n]
+        for s in range(n):
+            row[s] += q0 * k0[s] + q1 * k1[s] + q2 * k2[s] + q3 * k3[s]
+    for d in range(d4, Hd):
+        qd, k0 = qv[d] * scale, K[d, lo:lo + n]
+        for s in range(n):
+            row[s] += qd * k0[s]
+
+
+@njit(inline="always", fastmath=True)
+def _softmax_row(row):
+    """row = exp(row - max(row)), in place; returns their sum."""
+    m = row[0]
+    for s in range(1, row.shape[0]):
+        m = max(m, row[s])
+    tot = np.float32(0.0)
+    for s in range(row.shape[0]):
+        e = _exp(row[s] - m)
+        row[s] = e
+        tot += e
+    return tot
+
+
+@njit(inline="always", fastmath=True)
+def _weighted_rows(acc, p, V, lo):
+    """acc (Hd,) = p (n,) . V[lo:lo+n]; V (S, Hd) rows contiguous in d, four rows per pass (2x faster
+    than one: one load and store of acc per four fmas)."""
+    n = p.shape[0]
+    for d in range(acc.shape[0]):
+        acc[d] = 0.0
+    n4 = n - n % 4
+    for s in range(0, n4, 4):
+        p0, p1, p2, p3 = p[s], p[s + 1], p[s + 2], p[s + 3]
+        v0, v1, v2, v3 = V[lo + s], V[lo + s + 1], V[lo + s + 2], V[lo + s + 3]
+        for d in range(acc.shape[0]):
+            acc[d] += p0 * v0[d] + p1 * v1[d] + p2 * v2[d] + p3 * v3[d]
+    for s in range(n4, n):
+        v0 = V[lo + s]
+        for d in range(acc.shape[0]):
+            acc[d] += p[s] * v0[d]
+
+
+def _attention_f32(q, kt, v, start, scale, window, kpos0):
+    """`ops.attention` for long prompts (same arguments and result), parallel over (kv head, block of
+    ATTN_TB queries), each query reading only the keys it sees (causal: half the products of the
+    full score matrix).
+
+    q (T, H, Hd), kt (Hkv, Hd, S) float32 keys (transposed), v (Hkv, S, Hd) at positions kpos0..;
+    returns (T, H*Hd).  Query t (position start+t) sees keys up to its position, and with
+    window > 0 only the last `window` of them."""
+    T, H, Hd = q.shape
+    Hkv, S = v.shape[0], v.shape[1]
+    G = H // Hkv
+    nb = (T + ATTN_TB - 1) // ATTN_TB
+    out = np.empty((T, H * Hd), np.float32)
+    scale = np.float32(scale)
+    for job in prange(Hkv * nb):
+        hk, t0 = job // nb, (job % nb) * ATTN_TB
+        row = np.empty(S, np.float32)  # scores, then probabilities
+        acc = np.empty(Hd, np.float32)
+        for t in range(t0, min(T, t0 + ATTN_TB)):
+            qp = start + t - kpos0  # the query's own key index
+            lo, hi = (max(0, qp - window + 1) if window > 0 else 0), min(S, qp + 1)
+            r = row[:hi - lo]
+            for g in range(G):
+                hq = hk * G + g
+                _scores(r, q[t, hq], kt[hk], lo, scale)
+                inv = np.float32(1.0) / _softmax_row(r)
+                _weighted_rows(acc, r, v[hk], lo)
+                for d in range(Hd):
+                    out[t, hq * Hd + d] = acc[d] * inv
+    return out
+
+
+_ATTENTION_F32 = serial_and_parallel(_attention_f32, fastmath=True)
+
+
+def attention_f32(q, kt, v, start, scale=None, window=0, kpos0=0):
+    """Causal grouped-query attention over float32 keys/values, `ops.attention`'s contract
+    (scale defaults to 1/sqrt(head size)); the parallel copy (one call covers many queries)."""
+    scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else scale
+    return _ATTENTION_F32[1](np.ascontiguousarray(q, dtype=np.float32), np.ascontiguousarray(kt, dtype=np.float32),
+                             np.ascontiguousarray(v, dtype=np.float32), int(start), float(scale), int(window),
+                             int(kpos0))

@@ -125,3 +125,38 @@ def test_concat_rows_equals_separate_matmuls():
     np.testing.assert_array_equal(kernels.linear(fused, x), want)
     other = kernels.prepare("F32", rng.standard_normal((8, 256)).astype(np.float32).view(np.uint8), (8, 256))
     assert kernels.concat_rows([parts[0], other]) is None  # different types are not fused
+
+
+def test_exp_is_accurate_over_the_float_range():
+    from numba import njit
+
+    x = np.concatenate([np.linspace(-87, 88, 200_001), [-1e30, -200.0, 100.0, 1e30]]).astype(np.float32)
+    got = njit(lambda a: np.array([cpu_ops._exp(v) for v in a], np.float32))(x)
+    ref = np.exp(np.clip(x, -87, 88).astype(np.float64))
+    assert np.max(np.abs(got / ref - 1)) < 4e-7  # clamped outside [-87, 88]: tiny / huge, never 0 or inf
+
+
+@pytest.mark.parametrize("T", [3, 9])  # below and above ACT_PARALLEL_ROWS (serial and parallel copies)
+def test_gated_activations_on_many_rows(T):
+    from edgeslim.runtime.ops import geglu
+
+    gu = (np.random.default_rng(5).standard_normal((T, 2 * 80)) * 8).astype(np.float32)
+    np.testing.assert_allclose(cpu_ops.swiglu_halves(gu), swiglu(gu[:, :80], gu[:, 80:]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cpu_ops.geglu_halves(gu), geglu(gu[:, :80], gu[:, 80:]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("T,start,window,kpos0,n_head,n_kv,hd", [
+    (40, 0, 0, 0, 8, 2, 16),  # a prompt: causal over itself, several query blocks
+    (21, 30, 0, 0, 4, 4, 18),  # continuing a cache; head size not a multiple of 4
+    (33, 0, 7, 0, 6, 1, 8),  # sliding window inside the prompt
+    (20, 50, 12, 38, 4, 2, 5),  # a ring layer's view: keys from position 38 on
+])
+def test_attention_f32_matches_numpy(T, start, window, kpos0, n_head, n_kv, hd):
+    rng = np.random.default_rng(6)
+    S = start + T - kpos0
+    q = rng.standard_normal((T, n_head, hd)).astype(np.float32)
+    kt = rng.standard_normal((n_kv, hd, S)).astype(np.float32)
+    v = rng.standard_normal((n_kv, S, hd)).astype(np.float32)
+    want = attention(q, kt, v, start, 0.3, window, kpos0)  # (T, H*Hd)
+    np.testing.assert_allclose(cpu_ops.attention_f32(q, kt, v, start, 0.3, window, kpos0), want, rtol=1e-5,
+                               atol=2e-6)

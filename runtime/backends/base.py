@@ -171,7 +171,11 @@ class CPUBackend(Backend):
         q = rope(q.reshape(T, hp.n_head, hp.head_dim), start)  # (T, H, Hd)
         k = rope(k.reshape(T, hp.n_head_kv, hp.head_dim), start)  # (T, Hkv, Hd)
         kc, vc, kpos0 = cache.window_view(bid, k, v.reshape(T, hp.n_head_kv, hp.head_dim))  # (Hkv, Hd, S), (Hkv, S, Hd)
-        return attention(q, kc, vc, start, hp.scale, hp.window(bid), kpos0)  # (T, H*Hd)
+        return self.attention(q, kc, vc, start, hp.scale, hp.window(bid), kpos0)  # (T, H*Hd)
+
+    def attention(self, q, kt, v, start: int, scale, window: int, kpos0: int) -> np.ndarray:
+        """Causal (windowed) grouped-query attention, `ops.attention`'s contract: (T, H*Hd)."""
+        return attention(q, kt, v, start, scale, window, kpos0)
 
     def ffn_act(self, w: dict, h: np.ndarray) -> np.ndarray:
         """act(h W_gate^T) * (h W_up^T): (T, F); act is the family's (SiLU, GELU-tanh)."""

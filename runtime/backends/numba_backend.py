@@ -10,8 +10,8 @@ packed matrix and gate|up into another (`kernels.concat_rows`), so a decode step
 quantizes each activation once and runs four parallel regions instead of seven.
 RMSNorm, SwiGLU and (with the default fp16 cache, up to ATTN_T_MAX tokens per
 call) RoPE + cache store + attention run as numba functions (`cpu_ops`); longer
-prompts use the shared numpy attention of `CPUBackend`, which writes the same
-fp16 bits to the same cache.
+prompts take `CPUBackend`'s RoPE and cache store (the same fp16 bits in the same
+cache) and `cpu_ops.attention_f32`, parallel over kv heads and query blocks.
 
 Memory: each weight's mapped pages are released with madvise(MADV_DONTNEED)
 right after it is packed, so the file and the packed copy are never both
@@ -66,8 +66,9 @@ from .. import cpu_ops, kernels  # noqa: E402
 from ..loader import ModelFile, WeightSource  # noqa: E402
 from .base import CPUBackend  # noqa: E402
 
-# Up to this many tokens per forward call attention runs in `cpu_ops.attend_f16`; beyond
-# it the numpy attention (BLAS matmuls over the whole prompt) is faster.
+# Up to this many tokens per forward call attention runs in `cpu_ops.attend_f16` (on the
+# fp16 cache's bits); beyond it the cache is read once as float32 (`KVCache.window_view`)
+# and `cpu_ops.attention_f32` runs the prompt's queries in parallel.
 ATTN_T_MAX = 16
 QKV, QKV_BIAS, GATE_UP = "attn_qkv", "attn_qkv_bias", "ffn_gate_up"
 HALVES = {"silu": cpu_ops.swiglu_halves, "gelu_tanh": cpu_ops.geglu_halves}  # family activation -> fused FFN
@@ -129,6 +130,9 @@ class NumbaBackend(CPUBackend):
         rope = self.rope_for(bid)
         return cpu_ops.attend_f16(qkv, hp.n_head, rope.cos, rope.sin, self.model.arch.rope_neox,
                                   cache.k16[bid], cache.v16[bid], start, hp.scale, hp.window(bid), cache.ring(bid))
+
+    def attention(self, q, kt, v, start: int, scale, window: int, kpos0: int) -> np.ndarray:
+        return cpu_ops.attention_f32(q, kt, v, start, scale, window, kpos0)  # (T, H*Hd)
 
     def ffn_act(self, w: dict, h: np.ndarray) -> np.ndarray:
         fused = GATE_UP if GATE_UP in w else "ffn_up" if "ffn_gate" not in w else None  # (Phi-3 stores it fused)

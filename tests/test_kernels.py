@@ -10,7 +10,8 @@
       for a random dot product that is ~0.2-0.6% of sum|w x| (sqrt(n)
       cancellation), measured < 1%; we allow 2%.
 * The portable kernel variant (no x86 intrinsics, used off AVX2) must give
-  the very same result as the AVX2 one (same integer sums, same float order).
+  the very same result as the AVX2 one (same integer sums, same float order),
+  and so must the batched super-block kernels on 512-bit vectors (AVX-512BW).
 """
 from __future__ import annotations
 
@@ -297,6 +298,20 @@ def test_portable_variant_is_identical(qtype):
         np.testing.assert_array_equal(K.linear(p.with_portable(), x), native)
         # on a VNNI host the native variant uses vpdpbusd; the plain AVX2 steps must agree exactly
         np.testing.assert_array_equal(K.linear(p.with_portable(False, vnni=False), x), native)
+
+
+@pytest.mark.skipif(not K.emit.USE_AVX512, reason="the host has no AVX-512BW (or EDGESLIM_NO_AVX512 is set)")
+@pytest.mark.parametrize("qtype", KQUANTS + IQ + TERNARY)
+def test_avx512_batched_variant_is_identical(qtype):
+    """The batched super-block kernels on 512-bit vectors (two chunks per instruction) compute the
+    same integers as the 256-bit ones, and from them the same floats: identical outputs, with
+    vpdpbusd (Q4_K, Q5_K, ternary, where the host has VNNI) and without (vnni=False)."""
+    rng = np.random.default_rng(12)
+    p = K.prepare(qtype, ggml_raw(qtype, 8, COLS, rng), (8, COLS))
+    for x in (rng.standard_normal((19, COLS)).astype(np.float32), lossless_x(19, COLS, rng)):
+        wide = K.linear(p.with_portable(False), x)
+        np.testing.assert_array_equal(K.linear(p.with_portable(False, avx512=False), x), wide)
+        np.testing.assert_array_equal(K.linear(p.with_portable(False, vnni=False), x), wide)
 
 
 def test_embed_rows():

@@ -7,7 +7,10 @@ plus the x86 AVX2 dot-product instructions when the compile target has AVX2
 (`llvm.x86.avx2.pmadd.ub.sw` / `pmadd.wd` / `psign.b` / `pshuf.b`).  Elsewhere
 (ARM, old x86, or `EDGESLIM_PORTABLE_KERNELS=1`) the same steps are written as
 portable widening multiplies, pairwise adds and selects, which LLVM lowers for
-the target; tests run both variants and require identical results.
+the target; tests run both variants and require identical results.  Where
+the target also has AVX-512BW (`USE_AVX512`), the batched super-block kernels
+run the same dot steps on `<64 x i8>`, two chunks per instruction
+(superblock.py), again with identical results.
 
 Addresses are i64 integers (`ptr + byte offset`); every load and store is
 `align 1`, so plane rows need no alignment.
@@ -61,6 +64,18 @@ def _host_has_vnni() -> bool:
 
 USE_VNNI = _host_has_vnni()
 
+
+def _host_has_avx512() -> bool:
+    """True when the AVX2 target also has AVX-512BW (vpmaddubsw / vpmaddwd on 512-bit vectors, used by
+    the batched super-block kernels); `EDGESLIM_NO_AVX512=1` turns it off (256-bit steps only)."""
+    if not USE_AVX2 or os.environ.get("EDGESLIM_NO_AVX512"):
+        return False
+    return _target_has("avx512bw")
+
+
+USE_AVX512 = _host_has_avx512()
+USE_VNNI512 = USE_AVX512 and USE_VNNI and _target_has("avx512vnni")  # the 512-bit vpdpbusd
+
 I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 F16, F32 = ir.HalfType(), ir.FloatType()
 
@@ -77,12 +92,28 @@ def array_addr(context, builder, ty, val):
     return builder.ptrtoint(a.data, I64), (strides[0] if ty.ndim > 1 else None)
 
 
+# The x86 dot steps by input bytes: 32 (AVX2 / AVX-VNNI) or 64 (AVX-512BW / AVX512-VNNI).  64-byte
+# operations stay whole zmm instructions even where the target prefers 256-bit vectors (znver4/5,
+# Intel server cores): LLVM splits them only in functions marked "min-legal-vector-width", and
+# numba's functions are not (checked in the assembly for znver5, icelake-server, skylake-avx512).
+_X86_DOT = {  # (dot step, input bytes) -> (intrinsic, result type, argument types)
+    ("maddubs", 32): ("llvm.x86.avx2.pmadd.ub.sw", V(I16, 16), [V(I8, 32), V(I8, 32)]),
+    ("maddubs", 64): ("llvm.x86.avx512.pmaddubs.w.512", V(I16, 32), [V(I8, 64), V(I8, 64)]),
+    ("madd", 32): ("llvm.x86.avx2.pmadd.wd", V(I32, 8), [V(I16, 16), V(I16, 16)]),
+    ("madd", 64): ("llvm.x86.avx512.pmaddw.d.512", V(I32, 16), [V(I16, 32), V(I16, 32)]),
+    ("dpbusd", 32): ("llvm.x86.avx512.vpdpbusd.256", V(I32, 8), [V(I32, 8), V(I8, 32), V(I8, 32)]),
+    ("dpbusd", 64): ("llvm.x86.avx512.vpdpbusd.512", V(I32, 16), [V(I32, 16), V(I8, 64), V(I8, 64)]),
+}
+
+
 class E:
     """A few vector helpers over an llvmlite IRBuilder (addresses are i64 integers)."""
 
-    def __init__(self, b: ir.IRBuilder, portable: bool, vnni: bool = True):
+    def __init__(self, b: ir.IRBuilder, portable: bool, vnni: bool = True, avx512: bool = True):
         self.b, self.portable = b, portable or not USE_AVX2
         self.vnni = vnni and USE_VNNI and not self.portable  # emit vpdpbusd (see dpbusd)
+        self.avx512 = avx512 and USE_AVX512 and not self.portable  # callers may use 64-byte vectors
+        self.vnni512 = self.avx512 and self.vnni and USE_VNNI512  # dpbusd on 64 bytes
 
     # -- constants, addresses, memory
     def k(self, ty, v):
@@ -167,29 +198,30 @@ class E:
             vals = [self.b.select(m, vals[2 * i + 1], vals[2 * i]) for i in range(len(vals) // 2)]
         return vals[0]
 
-    # -- integer dot steps
+    # -- integer dot steps: 32-byte vectors, or 64-byte ones (x86 only when self.avx512)
     def maddubs(self, u8, s8):
-        """<32 x u8> * <32 x s8> -> <16 x i16> pair sums (never saturates for our ranges)."""
+        """<n x u8> * <n x s8> -> <n/2 x i16> pair sums (never saturates for our ranges)."""
+        n = u8.type.count
         if not self.portable:
-            f = self.fn("llvm.x86.avx2.pmadd.ub.sw", V(I16, 16), [V(I8, 32), V(I8, 32)])
-            return self.b.call(f, [u8, s8])
-        p = self.b.mul(self.b.zext(u8, V(I16, 32)), self.b.sext(s8, V(I16, 32)))
-        return self.b.add(self.shuf(p, range(0, 32, 2)), self.shuf(p, range(1, 32, 2)))
+            return self.b.call(self.fn(*_X86_DOT["maddubs", n]), [u8, s8])
+        p = self.b.mul(self.b.zext(u8, V(I16, n)), self.b.sext(s8, V(I16, n)))
+        return self.b.add(self.shuf(p, range(0, n, 2)), self.shuf(p, range(1, n, 2)))
 
     def madd(self, a16, b16):
-        """<16 x i16> * <16 x i16> -> <8 x i32> pair sums."""
+        """<n x i16> * <n x i16> -> <n/2 x i32> pair sums."""
+        n = a16.type.count
         if not self.portable:
-            f = self.fn("llvm.x86.avx2.pmadd.wd", V(I32, 8), [V(I16, 16), V(I16, 16)])
-            return self.b.call(f, [a16, b16])
-        p = self.b.mul(self.b.sext(a16, V(I32, 16)), self.b.sext(b16, V(I32, 16)))
-        return self.b.add(self.shuf(p, range(0, 16, 2)), self.shuf(p, range(1, 16, 2)))
+            return self.b.call(self.fn(*_X86_DOT["madd", 2 * n]), [a16, b16])
+        p = self.b.mul(self.b.sext(a16, V(I32, n)), self.b.sext(b16, V(I32, n)))
+        return self.b.add(self.shuf(p, range(0, n, 2)), self.shuf(p, range(1, n, 2)))
 
     def pair_sum16(self, a16):
-        """<16 x i16> -> <8 x i32> sums of adjacent pairs (vpmaddwd by ones on AVX2)."""
+        """<n x i16> -> <n/2 x i32> sums of adjacent pairs (vpmaddwd by ones on x86)."""
+        n = a16.type.count
         if not self.portable:
-            return self.madd(a16, self.k(V(I16, 16), 1))
-        w = self.b.sext(a16, V(I32, 16))
-        return self.b.add(self.shuf(w, range(0, 16, 2)), self.shuf(w, range(1, 16, 2)))
+            return self.madd(a16, self.k(a16.type, 1))
+        w = self.b.sext(a16, V(I32, n))
+        return self.b.add(self.shuf(w, range(0, n, 2)), self.shuf(w, range(1, n, 2)))
 
     def lane_bcast16(self, v, c):
         """<16 x i16> -> element c of each 128-bit half broadcast across that half
@@ -210,11 +242,26 @@ class E:
         return self.b.select(neg, self.b.sub(self.k(w8.type, 0), w8), w8)
 
     def dpbusd(self, acc32, u8, s8):
-        """acc32 + <8 x i32> sums of 4 adjacent u8 * s8 products (vpdpbusd: no i16 step, so no
-        saturation; only when self.vnni).  acc32 None starts from zero."""
-        acc = self.k(V(I32, 8), 0) if acc32 is None else acc32
-        f = self.fn("llvm.x86.avx512.vpdpbusd.256", V(I32, 8), [V(I32, 8), V(I8, 32), V(I8, 32)])
-        return self.b.call(f, [acc, u8, s8])
+        """acc32 + <n/4 x i32> sums of 4 adjacent u8 * s8 products (vpdpbusd: no i16 step, so no
+        saturation; only when self.vnni, and self.vnni512 for 64 bytes).  acc32 None starts from zero."""
+        n = u8.type.count
+        acc = self.k(V(I32, n // 4), 0) if acc32 is None else acc32
+        return self.b.call(self.fn(*_X86_DOT["dpbusd", n]), [acc, u8, s8])
+
+    def negate_where(self, neg, x8):
+        """x8 with the lanes where the i1 mask `neg` is set negated (a masked vpsubb from zero: there
+        is no 512-bit vpsignb; -128 stays -128, as there)."""
+        return self.b.select(neg, self.b.sub(self.k(x8.type, 0), x8), x8)
+
+    def cat(self, a, b):
+        """Two vectors of one type joined: a in the low lanes, b in the high ones."""
+        n = a.type.count
+        return self.b.shuffle_vector(a, b, ir.Constant(V(I32, 2 * n), list(range(2 * n))))
+
+    def fold(self, v):
+        """A vector's high half added to its low half (<16 x i32> -> <8 x i32>: vextracti64x4 + vpaddd)."""
+        n = v.type.count // 2
+        return self.b.add(self.shuf(v, range(n)), self.shuf(v, range(n, 2 * n)))
 
     def sign_dot(self, w8, x8):
         """Signed <32 x i8> . <32 x i8> -> <16 x i16>, via |w| * (x with w's sign)."""

@@ -166,10 +166,11 @@ def _params(spec: Spec, e: E, P, sb):
 
 def block(spec: Spec, e: E, P, sb) -> Block:
     sc16, scf, mnf, d, dmin = _params(spec, e, P, sb)
-    if spec.group == 32:  # i16 lane m of a chunk is group m // 2
-        sc16 = e.shuf(sc16, [m // 2 for m in range(16)])
+    sc32 = None
+    if spec.group == 32:  # i16 lane m of a chunk is group m // 2, bytes 4m..4m+3 are group m
+        sc16, sc32 = e.shuf(sc16, [m // 2 for m in range(16)]), e.b.zext(sc16, V(I32, 8))
     mins = mnf if mnf is not None else scf  # signed scales: the code offset acts as the min
-    return Block(_codes(spec, e, P, sb), d, scale_all=sc16, mins=mins, dmin=dmin)
+    return Block(_codes(spec, e, P, sb), d, scale_all=sc16, mins=mins, dmin=dmin, scale32=sc32)
 
 
 def deq_block(spec: Spec, e: E, P, sb, store):

@@ -78,7 +78,7 @@ def _row(typingctx, spec, p0, p1, p2, p3, p4, xq, xd, xs, y, r):
     sig = types.void(spec, p0, p1, p2, p3, p4, xq, xd, xs, y, r)
 
     def codegen(context, builder, signature, args):
-        e = E(builder, sp.portable, sp.vnni)
+        e = E(builder, sp.portable, sp.vnni, sp.avx512)
         tys = signature.args
         P = [array_addr(context, builder, tys[i], args[i])[0] for i in range(1, 6)]
         X = []
@@ -112,7 +112,7 @@ def _deq_row(typingctx, spec, p0, p1, p2, p3, p4, out):
     sig = types.void(spec, p0, p1, p2, p3, p4, out)
 
     def codegen(context, builder, signature, args):
-        e = E(builder, sp.portable, sp.vnni)
+        e = E(builder, sp.portable, sp.vnni, sp.avx512)
         tys = signature.args
         P = [array_addr(context, builder, tys[i], args[i])[0] for i in range(1, 6)]
         oarr = context.make_array(tys[6])(context, builder, args[6])

@@ -24,7 +24,7 @@ from pathlib import Path
 from numba import types
 from numba.extending import NativeValue, models, register_model, typeof_impl, unbox
 
-from .emit import USE_AVX2, USE_VNNI
+from .emit import USE_AVX2, USE_AVX512, USE_VNNI
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,12 @@ class Spec:
     portable: bool = False  # emit the portable dot steps instead of x86 intrinsics
     batched: bool = False  # loop over up to TMAX activations
     vnni: bool = True  # use vpdpbusd where the host has it (False: the plain AVX2 steps)
+    avx512: bool = True  # batched super-block kernels: 512-bit vectors where the host has AVX-512BW
 
     @property
     def key(self) -> str:
-        return f"{self.name}{'/p' if self.portable else ''}{'/b' if self.batched else ''}{'' if self.vnni else '/a2'}"
+        return (f"{self.name}{'/p' if self.portable else ''}{'/b' if self.batched else ''}"
+                f"{'' if self.vnni else '/a2'}{'' if self.avx512 else '/y'}")
 
 
 FAMILIES: dict[str, object] = {}  # family key -> kernel module
@@ -63,12 +65,12 @@ _SPECS: dict[str, Spec] = {}  # Spec.key -> every variant
 
 
 def register(family: str, module, specs) -> None:
-    """Add a kernel family and its specs (each in its portable/batched/vnni variants)."""
+    """Add a kernel family and its specs (each in its portable/batched/vnni/avx512 variants)."""
     FAMILIES[family] = module
     for s in specs:
         BASE[s.name] = s
-        for p, b, n in itertools.product((False, True), repeat=3):
-            v = replace(s, portable=p, batched=b, vnni=n)
+        for p, b, n, z in itertools.product((False, True), repeat=4):
+            v = replace(s, portable=p, batched=b, vnni=n, avx512=z)
             _SPECS[v.key] = v
 
 
@@ -111,7 +113,7 @@ class SpecType(types.Dummy):
     def __init__(self, spec_key: str):
         self.spec_key = spec_key
         # the name is the cache/specialization key: it also records which dot steps get emitted
-        isa = "/vnni" if USE_VNNI else "" if USE_AVX2 else "/generic"
+        isa = ("/vnni" if USE_VNNI else "" if USE_AVX2 else "/generic") + ("/avx512" if USE_AVX512 else "")
         super().__init__(name=f"KernelSpec({spec_key}{isa}@{_TAG})")
 
     @property

@@ -8,11 +8,10 @@
 
 Decode (T <= SMALL_T_*): `_matvec` quantizes x once (`_quant_x`), then runs
 the spec's row kernel (`rows._row`, emitted by the weight's family module)
-for every row under `prange`, TMAX activations per pass so each decoded
+for every row, blocks of ROW_BLOCK rows under `prange`, TMAX activations per pass so each decoded
 weight block serves several activations.  Prefill (larger T): on AVX2 hosts the
-same kernels for every type but a family's BLAS_PREFILL ones (measured faster,
-see INT_PREFILL_T); elsewhere dequantize TILE_ELEMS weights (whole rows) at a time
-in kernel order and multiply with BLAS.  The njit functions are `cache=True`: a second start does not recompile.
+same kernels (measured faster, see INT_PREFILL_T); elsewhere dequantize
+TILE_ELEMS weights (whole rows) at a time in kernel order and multiply with BLAS.  The njit functions are `cache=True`: a second start does not recompile.
 A family registered with `spec.register_own` (sparse.py) gets its weights and
 packed objects handed over by every function of the API.
 """
@@ -40,10 +39,12 @@ SMALL_T_QUANT = 64
 SMALL_T_8BIT = 32  # Q8_0 / AFFINE8: one float fma per 32 weights per activation, so BLAS wins sooner
 SMALL_T_FLOAT = 8
 # On x86 with AVX2 (and VNNI where present) the packed int8 kernels beat the dequantize + BLAS path
-# at every T for every type but the ones a family lists in BLAS_PREFILL: whole-model prefill of a
-# 512-token prompt, TinyLlama-shaped llama.cpp files, 2 threads (Zen 5), BLAS tiles -> int kernels:
-# Q4_0 88 -> 167 tok/s, Q4_K_M 87 -> 175, Q8_0 88 -> 156, IQ4_NL 90 -> 169, IQ2_XXS 98 -> 127,
-# IQ3_XXS 98 -> 112, IQ1_S 97 -> 115; IQ3_S 97 -> 75 (its 8-index assembly per chunk), so BLAS.
+# at every T for every type: whole-model prefill of a 512-token prompt, TinyLlama-shaped llama.cpp
+# files, 2 threads (Zen 5), BLAS tiles -> int kernels: Q4_0 88 -> 167 tok/s, Q4_K_M 87 -> 175, Q8_0
+# 88 -> 156, IQ4_NL 90 -> 169, IQ2_XXS 98 -> 127, IQ3_XXS 98 -> 112, IQ1_S 97 -> 115.  IQ3_S
+# (its 8-index assembly per chunk) first measured 97 -> 75 and used BLAS; with one parallel region
+# per mat-mul (ROW_BLOCK) and 512-bit steps, its 512 x 2048 by 5632 x 2048 product takes 38 ms in
+# the int kernels against 86 ms on BLAS tiles (2 threads, quiet), so every type uses them.
 INT_PREFILL_T = 1 << 62
 TILE_ELEMS = 1 << 22  # float32 weights per dequantized tile on the prefill path (16 MB)
 # Weights x activations below which a call runs serially: where the parallel copy first won,
@@ -51,6 +52,11 @@ TILE_ELEMS = 1 << 22  # float32 weights per dequantized tile on the prefill path
 PARALLEL_MIN_WORK = 1 << 19
 DEQ_WORK = 4  # one dequantized weight (a float store) counts as this much mat-vec work
 TILE_MIN_ROWS = 64
+# Rows per parallel job of a mat-mul: each job runs every TMAX-activation pass over its rows, so a
+# prompt is one parallel region per mat-mul, not one per pass.  512 x 2048 by 5632 x 2048 Q4_K, 2
+# threads, while other programs held the cores: 244 ms with a region per pass, 49 ms with row
+# blocks; the same on one thread (50 ms), so only the regions' barriers differ.
+ROW_BLOCK = 64
 
 
 @njit(cache=True)
@@ -121,8 +127,8 @@ def _empty_i8_64(T, n):
 
 def _matvec_body(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, unit, order):
     """(T, rows) = x W^T.  Quantizes x into (xq, xd, xs) when xblk > 0 (float
-    weights, xblk == 0, read x itself as xs), then TMAX activations per pass,
-    parallel over rows.  np.empty only: a numba np.zeros would be its own parfor."""
+    weights, xblk == 0, read x itself as xs), then, parallel over blocks of ROW_BLOCK
+    rows, TMAX activations per pass.  np.empty only: a numba np.zeros would be its own parfor."""
     T = x.shape[0]
     y = np.empty((T, rows), np.float32)
     xq = _empty_i8_64(T, nq)
@@ -131,11 +137,13 @@ def _matvec_body(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, un
     if xblk > 0:
         xs = np.empty((T, ns), np.float32)
         _quant_x(x, xblk, sgroup, unit, order, xq, xd, xs)
-    for t0 in range(0, T, TMAX):
-        t1 = min(T, t0 + TMAX)
-        xq_, xd_, xs_, y_ = xq[t0:t1], xd[t0:t1], xs[t0:t1], y[t0:t1]
-        for r in prange(rows):
-            _row(spec, p0[r], p1[r], p2[r], p3[r], p4[r], xq_, xd_, xs_, y_, r)
+    for blk in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):  # one parallel region for every pass
+        r0 = blk * ROW_BLOCK
+        for t0 in range(0, T, TMAX):
+            t1 = min(T, t0 + TMAX)
+            xq_, xd_, xs_, y_ = xq[t0:t1], xd[t0:t1], xs[t0:t1], y[t0:t1]
+            for r in range(r0, min(rows, r0 + ROW_BLOCK)):
+                _row(spec, p0[r], p1[r], p2[r], p3[r], p4[r], xq_, xd_, xs_, y_, r)
     return y
 
 
@@ -310,7 +318,7 @@ def _dequant_kernel_order(p: Packed, ids: np.ndarray) -> np.ndarray:
 def _small_t(spec: Spec) -> int:
     if spec.xblk == 0:
         return SMALL_T_FLOAT
-    if USE_AVX2 and spec.name not in getattr(family(spec), "BLAS_PREFILL", ()):
+    if USE_AVX2:
         return INT_PREFILL_T
     return SMALL_T_8BIT if spec.bits == 8 else SMALL_T_QUANT
 
@@ -319,7 +327,7 @@ def linear(p: Packed, x: np.ndarray) -> np.ndarray:
     """x (T, cols) float32 -> (T, rows) float32 = x @ W.T.
 
     T <= SMALL_T_QUANT (8-bit codes: SMALL_T_8BIT, F16/BF16: SMALL_T_FLOAT; on AVX2 hosts every T
-    but a family's BLAS_PREFILL types): the packed-integer (F16/BF16: float) kernels, weights never
+    for the integer types): the packed-integer (F16/BF16: float) kernels, weights never
     dequantized, int8 activations.  Larger T:
     dequantize TILE_ELEMS weights (whole rows) at a time and multiply with BLAS (exact weights).
     F32 weights always use BLAS.

@@ -51,7 +51,6 @@ from .spec import Spec, register
 from .superblock import Block
 
 FAMILY = "iqgrid"
-BLAS_PREFILL = ("IQ3_S",)  # prefill through dequantized tiles + BLAS: measured faster (driver.INT_PREFILL_T)
 TYPES = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M")
 _F = {n: block_fields(n) for n in TYPES}
 _BB = {n: quant_info(n).block_bytes for n in TYPES}

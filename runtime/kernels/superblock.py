@@ -81,27 +81,35 @@ def _budget(spec: Spec) -> int:
     return max(1, 32767 // (2 * _code_bound(spec) * 127))
 
 
-def _isum(spec: Spec, e: E, blk: Block, xqt, sb):
-    """<8 x i32> sum over the 8 chunks of (code . x) pair sums, times the chunk scales."""
+def _sum_products(spec: Spec, e: E, prods, scales, scale_all):
+    """<n x i32> from the dot steps' i16 pair sums `prods`: each times its scales (vpmaddwd), or
+    added in i16 while no lane can overflow (`_budget`) and widened once per partial sum (vpmaddwd
+    by `scale_all`, or by ones)."""
     b = e.b
     isum, part, n_part = None, None, 0
-    budget = _budget(spec)
-    for c in range(8):
-        x8 = e.ld(xqt, e.add(e.mul(sb, QK_K), 32 * c), V(I8, 32))
-        if blk.xsigns is not None:
-            x8 = e.sign(x8, blk.xsigns[c])
-        p = e.sign_dot(blk.codes[c], x8) if spec.signed else e.maddubs(blk.codes[c], x8)
-        if blk.scales is not None:
-            v = e.madd(p, blk.scales[c])
+    for k, p in enumerate(prods):
+        if scales is not None:
+            v = e.madd(p, scales[k])
             isum = v if isum is None else b.add(isum, v)
             continue
         part = p if part is None else b.add(part, p)
         n_part += 1
-        if n_part == budget or c == 7:
-            w = e.pair_sum16(part) if blk.scale_all is None else e.madd(part, blk.scale_all)
-            isum = w if isum is None else b.add(isum, w)
+        if n_part == _budget(spec) or k == len(prods) - 1:
+            v = e.pair_sum16(part) if scale_all is None else e.madd(part, scale_all)
+            isum = v if isum is None else b.add(isum, v)
             part, n_part = None, 0
     return isum
+
+
+def _isum(spec: Spec, e: E, blk: Block, xqt, sb):
+    """<8 x i32> sum over the 8 chunks of (code . x) pair sums, times the chunk scales."""
+    prods = []
+    for c in range(8):
+        x8 = e.ld(xqt, e.add(e.mul(sb, QK_K), 32 * c), V(I8, 32))
+        if blk.xsigns is not None:
+            x8 = e.sign(x8, blk.xsigns[c])
+        prods.append(e.sign_dot(blk.codes[c], x8) if spec.signed else e.maddubs(blk.codes[c], x8))
+    return _sum_products(spec, e, prods, blk.scales, blk.scale_all)
 
 
 @dataclass
@@ -145,29 +153,19 @@ def _widen(spec: Spec, e: E, blk: Block) -> Wide:
 def _isum_wide(spec: Spec, e: E, w: Wide, xqt, sb):
     """`_isum` two chunks per instruction: the same <8 x i32> integers (exact, and no i16 lane adds
     up more chunks than `_budget` allows), from 4 instead of 8 dot steps."""
-    b = e.b
-    isum, part, n_part = None, None, 0
-    budget = _budget(spec)
+    isum, prods = None, []
     for k in range(4):
         x8 = e.ld(xqt, e.add(e.mul(sb, QK_K), 64 * k), V(I8, 64))
         if w.neg is not None:
             x8 = e.negate_where(w.neg[k], x8)
         if w.dot4:
             isum = e.dpbusd(isum, w.codes[k], x8)
-            continue
-        p = e.maddubs(w.codes[k], x8)
-        if w.scales is not None:
-            v = e.madd(p, w.scales[k])
-            isum = v if isum is None else b.add(isum, v)
-            continue
-        part = p if part is None else b.add(part, p)
-        n_part += 1
-        if n_part == budget or k == 3:
-            v = e.pair_sum16(part) if w.scale_all is None else e.madd(part, w.scale_all)
-            isum = v if isum is None else b.add(isum, v)
-            part, n_part = None, 0
+        else:
+            prods.append(e.maddubs(w.codes[k], x8))
+    if not w.dot4:
+        return e.fold(_sum_products(spec, e, prods, w.scales, w.scale_all))
     isum = e.fold(isum)
-    return b.mul(isum, w.scale32) if w.dot4 and w.scale32 is not None else isum
+    return isum if w.scale32 is None else e.b.mul(isum, w.scale32)
 
 
 def row_body(spec: Spec, e: E, P, X, T, ncols, fam):

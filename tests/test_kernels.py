@@ -301,13 +301,18 @@ def test_portable_variant_is_identical(qtype):
 
 
 @pytest.mark.skipif(not K.emit.USE_AVX512, reason="the host has no AVX-512BW (or EDGESLIM_NO_AVX512 is set)")
-@pytest.mark.parametrize("qtype", KQUANTS + IQ + TERNARY)
+@pytest.mark.parametrize("qtype", KQUANTS + IQ + TERNARY + LEGACY + ("AFFINE4_G32", "AFFINE2_G64"))
 def test_avx512_batched_variant_is_identical(qtype):
-    """The batched super-block kernels on 512-bit vectors (two chunks per instruction) compute the
-    same integers as the 256-bit ones, and from them the same floats: identical outputs, with
-    vpdpbusd (Q4_K, Q5_K, ternary, where the host has VNNI) and without (vnni=False)."""
+    """The batched kernels on 512-bit vectors (two chunks per instruction: super-block types, and the
+    32-wide and affine families where a unit has an even number of chunks) compute the same integers
+    as the 256-bit ones, and from them the same floats: identical outputs, with vpdpbusd (where the
+    host has VNNI) and without (vnni=False)."""
     rng = np.random.default_rng(12)
-    p = K.prepare(qtype, ggml_raw(qtype, 8, COLS, rng), (8, COLS))
+    if qtype.startswith("AFFINE"):
+        kw = affine_case(qtype, 8, COLS, rng)[0]
+        p = K.prepare(qtype, kw.pop("data"), (8, COLS), **kw)
+    else:
+        p = K.prepare(qtype, ggml_raw(qtype, 8, COLS, rng), (8, COLS))
     for x in (rng.standard_normal((19, COLS)).astype(np.float32), lossless_x(19, COLS, rng)):
         wide = K.linear(p.with_portable(False), x)
         np.testing.assert_array_equal(K.linear(p.with_portable(False, avx512=False), x), wide)

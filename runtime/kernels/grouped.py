@@ -15,7 +15,8 @@ Activations are int8 per group with float sums per group:
 Inner loop, per unit and activation: vpmaddubsw per chunk (signed codes:
 vpabsb + vpsignb + vpmaddubsw), chunk pair sums added in i16 while they cannot
 overflow, widened by vpmaddwd with ones (with AVX-VNNI / AVX512-VNNI: one
-vpdpbusd per chunk into i32 instead), int -> float, and one fma by the
+vpdpbusd per chunk into i32 instead; batched kernels on AVX-512BW hosts: two
+chunks per instruction, `_unit_isum_wide`), int -> float, and one fma by the
 lanes' (scale x activation scale).  Blocks of NU units spanning exactly 8
 groups share one <8 x float> of those coefficients (vcvtph2ps + vmulps), each
 unit picking its lanes with one shuffle (the identity when S = 8 and groups
@@ -31,6 +32,7 @@ from . import planes as pl
 from .emit import F16, F32, I8, I32, E, V
 from .rows import Acc, over_t, row_x
 from .spec import Spec
+from .superblock import _sum_products
 
 
 def x_widths(spec: Spec, colsp: int, planes):
@@ -91,6 +93,37 @@ def _unit_isum_vnni(spec: Spec, e: E, x0, codes, xqt):
     return live[0]
 
 
+def _widen_unit(spec: Spec, e: E, codes):
+    """A unit's chunk codes joined in pairs for the 512-bit pass (batched kernels on AVX-512BW
+    hosts, once per unit): chunk 2j in the low 256 bits, 2j + 1 in the high ones, matching the 64
+    activation bytes at 64j.  Signed codes become |codes| and a mask of the activation lanes to
+    negate (there is no 512-bit vpsignb).  Returns (codes, masks or None)."""
+    pairs = [e.cat(codes[c], codes[c + 1]) for c in range(0, len(codes), 2)]
+    if not spec.signed:
+        return pairs, None
+    return [e.abs8(q) for q in pairs], [e.b.icmp_signed("<", q, e.k(q.type, 0)) for q in pairs]
+
+
+def _unit_isum_wide(spec: Spec, e: E, x0, wide, xqt):
+    """`_unit_isum` two chunks per instruction: every x86 dot step works within 128-bit lanes, so
+    lanes 0-7 of a <16 x i32> hold chunk 2j's sums and 8-15 chunk 2j + 1's; folding the halves gives
+    the same <8 x i32> integers (vpdpbusd with AVX512-VNNI, else vpmaddubsw + budgeted i16 adds)."""
+    codes, neg = wide
+    accs, prods = [None, None], []
+    for j, q in enumerate(codes):
+        x8 = e.ld(xqt, e.add(x0, 64 * j), V(I8, 64))
+        if neg is not None:
+            x8 = e.negate_where(neg[j], x8)
+        if e.vnni512:
+            accs[j % 2] = e.dpbusd(accs[j % 2], q, x8)
+        else:
+            prods.append(e.maddubs(q, x8))
+    if not e.vnni512:
+        return e.fold(_sum_products(spec, e, prods, None, None))
+    live = [a for a in accs if a is not None]
+    return e.fold(live[0] if len(live) == 1 else e.b.add(live[0], live[1]))
+
+
 def row_body(spec: Spec, e: E, P, X, T, ncols, fam):
     """Emit the row's accumulation (fam: the family module); returns finish(t)."""
     b = e.b
@@ -104,6 +137,7 @@ def row_body(spec: Spec, e: E, P, X, T, ncols, fam):
         s8 = e.halves(P[2], e.mul(blk, 16), 8)
         units = [e.add(e.mul(blk, NU), k) for k in range(NU)]
         codes = [fam.codes(spec, e, P, u) for u in units]  # decoded once for all activations
+        wide = [_widen_unit(spec, e, c) for c in codes] if spec.batched and e.avx512 and S % 2 == 0 else None
 
         def step(t):
             coef8 = b.fmul(s8, e.ld(row_x(e, xd, xds, t), e.mul(blk, 32), V(F32, 8)))
@@ -112,7 +146,9 @@ def row_body(spec: Spec, e: E, P, X, T, ncols, fam):
             for k in range(NU):
                 lanes = _lane_groups(U, S, Gs, k)
                 coef = coef8 if lanes == list(range(8)) else e.shuf(coef8, lanes)
-                isum = _unit_isum(spec, e, e.mul(units[k], U), codes[k], xqt)
+                x0 = e.mul(units[k], U)
+                isum = _unit_isum(spec, e, x0, codes[k], xqt) if wide is None else \
+                    _unit_isum_wide(spec, e, x0, wide[k], xqt)
                 a[k % 2] = e.fma(coef, e.cvt(isum), a[k % 2])
             acc.put(t, a[0], 0)
             acc.put(t, a[1], 1)

@@ -8,9 +8,9 @@ plus the x86 AVX2 dot-product instructions when the compile target has AVX2
 (ARM, old x86, or `EDGESLIM_PORTABLE_KERNELS=1`) the same steps are written as
 portable widening multiplies, pairwise adds and selects, which LLVM lowers for
 the target; tests run both variants and require identical results.  Where
-the target also has AVX-512BW (`USE_AVX512`), the batched super-block kernels
-run the same dot steps on `<64 x i8>`, two chunks per instruction
-(superblock.py), again with identical results.
+the target also has AVX-512BW (`USE_AVX512`), the batched kernels run the
+same dot steps on `<64 x i8>`, two chunks per instruction (superblock.py,
+grouped.py), again with identical results.
 
 Addresses are i64 integers (`ptr + byte offset`); every load and store is
 `align 1`, so plane rows need no alignment.

@@ -51,7 +51,7 @@ class Spec:
     portable: bool = False  # emit the portable dot steps instead of x86 intrinsics
     batched: bool = False  # loop over up to TMAX activations
     vnni: bool = True  # use vpdpbusd where the host has it (False: the plain AVX2 steps)
-    avx512: bool = True  # batched super-block kernels: 512-bit vectors where the host has AVX-512BW
+    avx512: bool = True  # batched kernels: 512-bit vectors where the host has AVX-512BW
 
     @property
     def key(self) -> str:

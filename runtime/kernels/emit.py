@@ -258,6 +258,14 @@ class E:
         n = a.type.count
         return self.b.shuffle_vector(a, b, ir.Constant(V(I32, 2 * n), list(range(2 * n))))
 
+    def pairs(self, vs):
+        """Vectors 2j and 2j + 1 of `vs` joined (`cat`): the operands of a 512-bit pass."""
+        return [self.cat(vs[c], vs[c + 1]) for c in range(0, len(vs), 2)]
+
+    def below0(self, v):
+        """The i1 mask of v's negative lanes."""
+        return self.b.icmp_signed("<", v, self.k(v.type, 0))
+
     def fold(self, v):
         """A vector's high half added to its low half (<16 x i32> -> <8 x i32>: vextracti64x4 + vpaddd)."""
         n = v.type.count // 2

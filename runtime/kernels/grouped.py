@@ -30,9 +30,8 @@ from numba.core import cgutils
 
 from . import planes as pl
 from .emit import F16, F32, I8, I32, E, V
-from .rows import Acc, over_t, row_x
+from .rows import Acc, add_all, over_t, row_x, sum_products
 from .spec import Spec
-from .superblock import _sum_products
 
 
 def x_widths(spec: Spec, colsp: int, planes):
@@ -55,28 +54,15 @@ def _lane_groups(unit: int, stride: int, group: int, k: int = 0) -> list[int]:
     return [(k * unit + 4 * l * stride) // group for l in range(8)]
 
 
-def _i16_budget(spec: Spec) -> int:
-    """How many chunk pair-sums (<16 x i16>) may be added before widening, without overflow."""
-    per = 2 * 128 * 127 if spec.signed else 2 * ((1 << spec.bits) - 1) * 127
-    return max(1, 32767 // per)
-
-
 def _unit_isum(spec: Spec, e: E, x0, codes, xqt):
     """<8 x i32>: lane l = sum over the chunks' lanes 4l..4l+3 of code * x (unit at element x0)."""
     if e.vnni:
         return _unit_isum_vnni(spec, e, x0, codes, xqt)
-    b, budget = e.b, _i16_budget(spec)
-    isum, part, n_part = None, None, 0
+    prods = []
     for c, q in enumerate(codes):
         x8 = e.ld(xqt, e.add(x0, 32 * c), V(I8, 32))
-        p = e.sign_dot(q, x8) if spec.signed else e.maddubs(q, x8)
-        part = p if part is None else b.add(part, p)
-        n_part += 1
-        if n_part == budget or c == len(codes) - 1:
-            w = e.pair_sum16(part)
-            isum = w if isum is None else b.add(isum, w)
-            part, n_part = None, 0
-    return isum
+        prods.append(e.sign_dot(q, x8) if spec.signed else e.maddubs(q, x8))
+    return sum_products(spec, e, prods)
 
 
 def _unit_isum_vnni(spec: Spec, e: E, x0, codes, xqt):
@@ -87,10 +73,7 @@ def _unit_isum_vnni(spec: Spec, e: E, x0, codes, xqt):
         x8 = e.ld(xqt, e.add(x0, 32 * c), V(I8, 32))
         u8, s8 = (e.abs8(q), e.sign(x8, q)) if spec.signed else (q, x8)
         accs[c % 4] = e.dpbusd(accs[c % 4], u8, s8)
-    live = [a for a in accs if a is not None]
-    while len(live) > 1:
-        live = [e.b.add(live[i], live[i + 1]) if i + 1 < len(live) else live[i] for i in range(0, len(live), 2)]
-    return live[0]
+    return add_all(e, accs)
 
 
 def _widen_unit(spec: Spec, e: E, codes):
@@ -98,10 +81,10 @@ def _widen_unit(spec: Spec, e: E, codes):
     hosts, once per unit): chunk 2j in the low 256 bits, 2j + 1 in the high ones, matching the 64
     activation bytes at 64j.  Signed codes become |codes| and a mask of the activation lanes to
     negate (there is no 512-bit vpsignb).  Returns (codes, masks or None)."""
-    pairs = [e.cat(codes[c], codes[c + 1]) for c in range(0, len(codes), 2)]
+    pairs = e.pairs(codes)
     if not spec.signed:
         return pairs, None
-    return [e.abs8(q) for q in pairs], [e.b.icmp_signed("<", q, e.k(q.type, 0)) for q in pairs]
+    return [e.abs8(q) for q in pairs], [e.below0(q) for q in pairs]
 
 
 def _unit_isum_wide(spec: Spec, e: E, x0, wide, xqt):
@@ -118,10 +101,7 @@ def _unit_isum_wide(spec: Spec, e: E, x0, wide, xqt):
             accs[j % 2] = e.dpbusd(accs[j % 2], q, x8)
         else:
             prods.append(e.maddubs(q, x8))
-    if not e.vnni512:
-        return e.fold(_sum_products(spec, e, prods, None, None))
-    live = [a for a in accs if a is not None]
-    return e.fold(live[0] if len(live) == 1 else e.b.add(live[0], live[1]))
+    return e.fold(add_all(e, accs) if e.vnni512 else sum_products(spec, e, prods))
 
 
 def row_body(spec: Spec, e: E, P, X, T, ncols, fam):

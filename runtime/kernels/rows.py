@@ -1,4 +1,5 @@
-"""The two row intrinsics the drivers call, and the accumulator helpers families share.
+"""The two row intrinsics the drivers call, and the accumulator helpers families share
+(float accumulators `Acc`, integer dot-step sums `sum_products` / `add_all`).
 
     _row(spec, p0..p4, xq, xd, xs, y, r)   y[t, r] = (row r of the weight) . x_t, every t
     _deq_row(spec, p0..p4, out)            out[:] = the row dequantized, kernel order
@@ -53,6 +54,41 @@ class Acc:
 
     def put(self, t, v, k=0):
         self.e.b.store(v, self._slot(t, k))
+
+
+def i16_budget(spec) -> int:
+    """How many vpmaddubsw results (i16 pair sums of code * x) one i16 lane can add up without
+    overflow: codes up to 128 in size when signed, else 2^bits - 1; activations up to 127."""
+    bound = 128 if spec.signed else (1 << spec.bits) - 1
+    return max(1, 32767 // (2 * bound * 127))
+
+
+def sum_products(spec, e: E, prods, scales=None, scale_all=None):
+    """<n x i32> from the dot steps' i16 pair sums `prods`: each times its scales (vpmaddwd), or
+    added in i16 while no lane can overflow (`i16_budget`) and widened once per partial sum
+    (vpmaddwd by `scale_all`, or by ones)."""
+    b = e.b
+    isum, part, n_part = None, None, 0
+    for k, p in enumerate(prods):
+        if scales is not None:
+            v = e.madd(p, scales[k])
+            isum = v if isum is None else b.add(isum, v)
+            continue
+        part = p if part is None else b.add(part, p)
+        n_part += 1
+        if n_part == i16_budget(spec) or k == len(prods) - 1:
+            v = e.pair_sum16(part) if scale_all is None else e.madd(part, scale_all)
+            isum = v if isum is None else b.add(isum, v)
+            part, n_part = None, 0
+    return isum
+
+
+def add_all(e: E, vals):
+    """The sum of the vectors in `vals` that are not None, added pairwise (a tree)."""
+    live = [v for v in vals if v is not None]
+    while len(live) > 1:
+        live = [e.b.add(live[i], live[i + 1]) if i + 1 < len(live) else live[i] for i in range(0, len(live), 2)]
+    return live[0]
 
 
 def over_t(spec, e: E, T, body):

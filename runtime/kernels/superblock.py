@@ -48,7 +48,7 @@ from numba.core import cgutils
 
 from ...tables import QK_K
 from .emit import F32, I8, E, V
-from .rows import Acc, over_t, row_x
+from .rows import Acc, over_t, row_x, sum_products
 from .spec import Spec
 
 
@@ -71,36 +71,6 @@ def x_widths(spec: Spec, colsp: int, planes):
     return colsp, colsp // spec.xblk, colsp // spec.sgroup
 
 
-def _code_bound(spec: Spec) -> int:
-    """Largest |code| the family emits (bounds the i16 sums)."""
-    return 128 if spec.signed else (1 << spec.bits) - 1
-
-
-def _budget(spec: Spec) -> int:
-    """How many vpmaddubsw results one i16 lane can add up without overflow."""
-    return max(1, 32767 // (2 * _code_bound(spec) * 127))
-
-
-def _sum_products(spec: Spec, e: E, prods, scales, scale_all):
-    """<n x i32> from the dot steps' i16 pair sums `prods`: each times its scales (vpmaddwd), or
-    added in i16 while no lane can overflow (`_budget`) and widened once per partial sum (vpmaddwd
-    by `scale_all`, or by ones)."""
-    b = e.b
-    isum, part, n_part = None, None, 0
-    for k, p in enumerate(prods):
-        if scales is not None:
-            v = e.madd(p, scales[k])
-            isum = v if isum is None else b.add(isum, v)
-            continue
-        part = p if part is None else b.add(part, p)
-        n_part += 1
-        if n_part == _budget(spec) or k == len(prods) - 1:
-            v = e.pair_sum16(part) if scale_all is None else e.madd(part, scale_all)
-            isum = v if isum is None else b.add(isum, v)
-            part, n_part = None, 0
-    return isum
-
-
 def _isum(spec: Spec, e: E, blk: Block, xqt, sb):
     """<8 x i32> sum over the 8 chunks of (code . x) pair sums, times the chunk scales."""
     prods = []
@@ -109,7 +79,7 @@ def _isum(spec: Spec, e: E, blk: Block, xqt, sb):
         if blk.xsigns is not None:
             x8 = e.sign(x8, blk.xsigns[c])
         prods.append(e.sign_dot(blk.codes[c], x8) if spec.signed else e.maddubs(blk.codes[c], x8))
-    return _sum_products(spec, e, prods, blk.scales, blk.scale_all)
+    return sum_products(spec, e, prods, blk.scales, blk.scale_all)
 
 
 @dataclass
@@ -135,16 +105,13 @@ class Wide:
 
 def _widen(spec: Spec, e: E, blk: Block) -> Wide:
     """The super-block's operands for `_isum_wide`, joined in pairs of chunks."""
-    b = e.b
-    pairs = lambda vs: [e.cat(vs[c], vs[c + 1]) for c in range(0, 8, 2)]  # noqa: E731
-    below0 = lambda v: b.icmp_signed("<", v, e.k(v.type, 0))  # noqa: E731
-    codes, neg = pairs(blk.codes), None
+    codes, neg = e.pairs(blk.codes), None
     if spec.signed:  # |w| . (x * sign(w)), as vpabsb + vpsignb do on 256 bits
-        neg, codes = [below0(q) for q in codes], [e.abs8(q) for q in codes]
+        neg, codes = [e.below0(q) for q in codes], [e.abs8(q) for q in codes]
     if blk.xsigns is not None:
-        xneg = [below0(s) for s in pairs(blk.xsigns)]
-        neg = xneg if neg is None else [b.xor(a, c) for a, c in zip(neg, xneg)]
-    scales = None if blk.scales is None else pairs(blk.scales)
+        xneg = [e.below0(s) for s in e.pairs(blk.xsigns)]
+        neg = xneg if neg is None else [e.b.xor(a, c) for a, c in zip(neg, xneg)]
+    scales = None if blk.scales is None else e.pairs(blk.scales)
     scale_all = None if blk.scale_all is None else e.cat(blk.scale_all, blk.scale_all)
     dot4 = e.vnni512 and neg is None and scales is None and (scale_all is None or blk.scale32 is not None)
     return Wide(codes, neg, scales, scale_all, dot4, blk.scale32)
@@ -152,7 +119,7 @@ def _widen(spec: Spec, e: E, blk: Block) -> Wide:
 
 def _isum_wide(spec: Spec, e: E, w: Wide, xqt, sb):
     """`_isum` two chunks per instruction: the same <8 x i32> integers (exact, and no i16 lane adds
-    up more chunks than `_budget` allows), from 4 instead of 8 dot steps."""
+    up more chunks than `rows.i16_budget` allows), from 4 instead of 8 dot steps."""
     isum, prods = None, []
     for k in range(4):
         x8 = e.ld(xqt, e.add(e.mul(sb, QK_K), 64 * k), V(I8, 64))
@@ -163,7 +130,7 @@ def _isum_wide(spec: Spec, e: E, w: Wide, xqt, sb):
         else:
             prods.append(e.maddubs(w.codes[k], x8))
     if not w.dot4:
-        return e.fold(_sum_products(spec, e, prods, w.scales, w.scale_all))
+        return e.fold(sum_products(spec, e, prods, w.scales, w.scale_all))
     isum = e.fold(isum)
     return isum if w.scale32 is None else e.b.mul(isum, w.scale32)
 

@@ -6,7 +6,7 @@
     embed_rows(p, ids) -> (len(ids), cols) float32
     concat_rows(packs) -> one Packed of stacked rows (fused q|k|v, gate|up)
 
-Decode (T <= SMALL_T_*): `_matvec` quantizes x once (`_quant_x`), then runs
+Decode (T <= SMALL_T_*): `_matvec` quantizes x once (`quant_x`), then runs
 the spec's row kernel (`rows._row`, emitted by the weight's family module)
 for every row, blocks of ROW_BLOCK rows under `prange`, TMAX activations per pass so each decoded
 weight block serves several activations.  Prefill (larger T): on AVX2 hosts the
@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 from time import perf_counter
 
 import numpy as np
-from numba import get_num_threads, njit, prange, typeof
+from numba import get_num_threads, prange, typeof
 from numba.core.typing.typeof import Purpose
 
 from ...errors import UnsupportedError
 from ...tables import quant_info
 from ..threads import PARALLEL, SERIAL, Chooser, serial_and_parallel
+from . import tiled
 from .rows import TMAX, _deq_row, _row
+from .xquant import empty_i8_64, quant_x
 from .emit import USE_AVX2
 from .spec import BASE, OWN, Spec, family, variant
 
@@ -59,84 +61,18 @@ TILE_MIN_ROWS = 64
 ROW_BLOCK = 64
 
 
-@njit(cache=True)
-def _quant_x(x, xblk, sgroup, unit, order, xq, xd, xs):
-    """x (T, colsp) float32 -> int8 codes per block of xblk (max-abs / 127 scale),
-    block scales xd (T, >= colsp/xblk), float sums xs (T, >= colsp/sgroup) of x per
-    sgroup (entries past the data zeroed), codes in kernel order: within each whole
-    unit, position k holds element order[k] (no reordering when order is empty; a
-    last partial unit stays in stored order).  Rounds half away from zero.  No fastmath: every
-    compiled copy must round the same way (it vectorizes without: the max is an integer max)."""
-    T, n = x.shape
-    reorder = order.shape[0] > 0
-    tmp = np.empty(n if reorder else 0, np.int8)
-    bits = x.view(np.int32)  # max |x| as an integer max over the bit patterns: vectorizes (a float max does not)
-    cell = np.empty(1, np.int32)
-    cellf = cell.view(np.float32)
-    for t in range(T):
-        xt = x[t]
-        bt = bits[t]
-        dst = tmp if reorder else xq[t]
-        for blk in range(n // xblk):
-            i0 = blk * xblk
-            m = np.int32(0)
-            for i in range(xblk):
-                a = bt[i0 + i] & np.int32(0x7FFFFFFF)
-                m = a if a > m else m
-            cell[0] = m
-            amax = cellf[0]
-            inv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
-            xd[t, blk] = amax / np.float32(127.0)
-            for i in range(xblk):
-                v = xt[i0 + i] * inv
-                q = np.int32(abs(v) + np.float32(0.5))
-                dst[i0 + i] = np.int8(q if v >= 0 else -q)
-        for blk in range(n // xblk, xd.shape[1]):
-            xd[t, blk] = 0.0
-        # sums of the *quantized* activations (like ggml's Q8_K bsums): the offset term
-        # (mins, biases, Q6_K's -32) then cancels the rounding error of the code term
-        # instead of adding it back through exact float sums.  Summed as integers (a group
-        # lies inside one activation block), so no float reassociation can change them.
-        for g in range(n // sgroup):
-            si = np.int32(0)
-            for i in range(sgroup):
-                si += np.int32(dst[g * sgroup + i])
-            xs[t, g] = np.float32(si) * xd[t, (g * sgroup) // xblk]
-        for g in range(n // sgroup, xs.shape[1]):
-            xs[t, g] = 0.0
-        if reorder:
-            xqt = xq[t]
-            nmain = n - n % unit
-            for u0 in range(0, nmain, unit):
-                for k in range(unit):
-                    xqt[u0 + k] = tmp[u0 + order[k]]
-            for i in range(nmain, n):
-                xqt[i] = tmp[i]
-
-
-@njit(cache=True)
-def _empty_i8_64(T, n):
-    """np.empty((T, n), np.int8) starting on a 64-byte boundary (numba's arrays start on 32; so do
-    the rows where n is a multiple of 64, as for every super-block type): the 512-bit kernels load
-    64 activation bytes at a time, and loads straddling two cache lines cost (Q4_K, 512 x 2048 by
-    5632 x 2048, one thread, Zen 5: 46 ms on a buffer at 32 mod 64, 37 ms aligned)."""
-    buf = np.empty(T * n + 64, np.int8)
-    off = (64 - buf.ctypes.data % 64) % 64
-    return buf[off:off + T * n].reshape((T, n))
-
-
 def _matvec_body(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, unit, order):
     """(T, rows) = x W^T.  Quantizes x into (xq, xd, xs) when xblk > 0 (float
     weights, xblk == 0, read x itself as xs), then, parallel over blocks of ROW_BLOCK
     rows, TMAX activations per pass.  np.empty only: a numba np.zeros would be its own parfor."""
     T = x.shape[0]
     y = np.empty((T, rows), np.float32)
-    xq = _empty_i8_64(T, nq)
+    xq = empty_i8_64(T, nq)
     xd = np.empty((T, nd), np.float32)
     xs = x
     if xblk > 0:
         xs = np.empty((T, ns), np.float32)
-        _quant_x(x, xblk, sgroup, unit, order, xq, xd, xs)
+        quant_x(x, xblk, sgroup, unit, order, xq, xd, xs)
     for blk in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):  # one parallel region for every pass
         r0 = blk * ROW_BLOCK
         for t0 in range(0, T, TMAX):
@@ -190,17 +126,23 @@ class Packed:
         fam = family(self.spec)
         self._x_widths = fam.x_widths(self.spec, self.colsp, self.planes)
         self._order = _x_order(self.spec)
+        self._tiles = tiled.layout(self.spec)
 
     @property
     def nbytes(self) -> int:
         return int(sum(p.nbytes for p in self.planes))
 
-    def with_portable(self, portable: bool = True, vnni: bool = True, avx512: bool = True) -> "Packed":
+    def with_portable(self, portable: bool = True, vnni: bool = True, avx512: bool = True,
+                      tiles: bool = True) -> "Packed":
         """The same weights run through the portable (non-x86-intrinsic) kernel variant, or
         (vnni=False) through the plain AVX2 steps where the host has VNNI, or (avx512=False)
-        through the 256-bit batched kernels where the host has AVX-512BW."""
+        through the 256-bit batched kernels where the host has AVX-512BW; tiles=False keeps
+        prompts on the row kernels instead of the tiled path (tiled.py)."""
         sp = variant(self.spec, portable=portable, vnni=vnni, avx512=avx512)
-        return Packed(self.qtype, self.shape, sp, self.planes, self.colsp, self.perm, self._inv)
+        out = Packed(self.qtype, self.shape, sp, self.planes, self.colsp, self.perm, self._inv)
+        if not tiles:
+            out._tiles = None
+        return out
 
 
 _NO_ORDER = np.zeros(0, np.int64)
@@ -299,8 +241,11 @@ def _matvec_small(p: Packed, x: np.ndarray) -> np.ndarray:
     key = ("mv", batched, par)
     args = (p._batched if batched else p._single, *p.planes, x, p.shape[0], nq, nd, ns, sp.xblk, sp.sgroup,
             sp.unit, p._order)
+    fns = _MATVEC
+    if p._tiles is not None and x.shape[0] >= tiled.MIN_T:  # prompts: decoded row tiles, tiled.py
+        key, fns, args = ("tile", par), tiled.TILED, (*args, *p._tiles)
     if bucket is None or key not in p._entries:  # untimed: small, or its first call (may compile)
-        return _fast_call(p, key, _MATVEC[par], *args)
+        return _fast_call(p, key, fns[par], *args)
     t0 = perf_counter()
     y = p._entries[key](*args)
     CHOOSER.record(bucket, par, perf_counter() - t0, work)

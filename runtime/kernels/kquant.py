@@ -53,6 +53,14 @@ _OFFSET = {"Q6_K": 32, "Q3_K": 4}  # w = d * sc * (q - offset)
 _SPLIT = {"Q2_K": (2, 0), "Q3_K": (2, 1), "Q4_K": (4, 0), "Q5_K": (4, 1), "Q6_K": (4, 2)}  # low, high bits
 
 
+SCALE_PER_LANE = True  # Block.scale_all: one scale per i16 lane, the same in every chunk (tiled.py)
+
+
+def has_mins(spec: Spec) -> bool:
+    """Whether the type has true mins (not just a code offset): Q2_K, Q4_K, Q5_K."""
+    return spec.name not in _OFFSET
+
+
 def specs():
     return [Spec(n, FAMILY, quant_info(n).bits, QK_K, g, QK_K, g, stride=8) for n, g in GROUP.items()]
 
@@ -170,7 +178,8 @@ def block(spec: Spec, e: E, P, sb) -> Block:
     if spec.group == 32:  # i16 lane m of a chunk is group m // 2, bytes 4m..4m+3 are group m
         sc16, sc32 = e.shuf(sc16, [m // 2 for m in range(16)]), e.b.zext(sc16, V(I32, 8))
     mins = mnf if mnf is not None else scf  # signed scales: the code offset acts as the min
-    return Block(_codes(spec, e, P, sb), d, scale_all=sc16, mins=mins, dmin=dmin, scale32=sc32)
+    return Block(_codes(spec, e, P, sb), d, scale_all=sc16, mins=mins, dmin=dmin, scale32=sc32,
+                 offset=_OFFSET.get(spec.name, 0))
 
 
 def deq_block(spec: Spec, e: E, P, sb, store):

@@ -273,7 +273,7 @@ def block(spec: Spec, e: E, P, sb) -> Block:
     scales = [e.shuf(odd, [2 * c] * 8 + [2 * c + 1] * 8) for c in range(8)]
     G = QK_K // spec.sgroup
     mins = b.fmul(b.uitofp(e.shuf(odd, range(0, 16, 16 // G)), V(F32, G)), e.k(V(F32, G), float(IQ1_OFFSET)))
-    return Block(codes, d, scales=scales, mins=mins, dmin=d)
+    return Block(codes, d, scales=scales, mins=mins, dmin=d, offset=IQ1_OFFSET)
 
 
 def _db(spec: Spec, e: E, d, s):

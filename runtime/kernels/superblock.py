@@ -12,6 +12,8 @@ A family decodes super-block `sb` of a row into a `Block` (`block(spec, e, P, sb
     mins    <G x float> per activation sum group and dmin: w gets  - dmin * min_g  (or None)
     scale32 <8 x i32>: scale_all per i32 lane, where the 4 bytes of each lane share one scale
             in every chunk (Q4_K, Q5_K; lets the 512-bit pass use vpdpbusd), or None
+    offset  int: when set, the min term is only a code offset (min_g = offset * scale_g, dmin = d):
+            codes - offset are the signed codes (Q6_K, Q3_K, IQ1, ternary; read by tiled.py)
 
 and the body accumulates, per activation t (int8 per 256 with one scale dx,
 float sums per `spec.sgroup` for the min terms, like ggml's Q8_K):
@@ -64,6 +66,7 @@ class Block:
     mins: object = None
     dmin: object = None
     scale32: object = None
+    offset: int = 0
 
 
 def x_widths(spec: Spec, colsp: int, planes):

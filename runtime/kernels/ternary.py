@@ -95,7 +95,7 @@ def _decode(spec: Spec, e: E, P, sb):
 
 def block(spec: Spec, e: E, P, sb) -> Block:
     codes, d = _decode(spec, e, P, sb)
-    return Block(codes, d, mins=e.k(V(F32, 8), 1.0), dmin=d)
+    return Block(codes, d, mins=e.k(V(F32, 8), 1.0), dmin=d, offset=1)
 
 
 def deq_block(spec: Spec, e: E, P, sb, store):

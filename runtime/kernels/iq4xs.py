@@ -45,6 +45,11 @@ def specs():
     return [Spec("IQ4_XS", FAMILY, 4, QK_K, 32, QK_K, 32, signed=True)]
 
 
+def scale_groups(spec: Spec) -> list[int]:
+    """The sub-block of each 16-byte run j (half j % 2 of chunk j // 2; tiled.py)."""
+    return [2 * (j // 4) + j % 2 for j in range(16)]
+
+
 def repack(spec: Spec, data, rows: int, cols: int, scales=None, biases=None):
     return pl.planes(pl.blocks(data, spec.name, rows, cols).reshape(rows, -1)), cols  # in place
 

@@ -56,6 +56,11 @@ _SPLIT = {"Q2_K": (2, 0), "Q3_K": (2, 1), "Q4_K": (4, 0), "Q5_K": (4, 1), "Q6_K"
 SCALE_PER_LANE = True  # Block.scale_all: one scale per i16 lane, the same in every chunk (tiled.py)
 
 
+def scale_groups(spec: Spec) -> list[int]:
+    """The scale group of each i16 lane m (tiled.py's run m: lane m of the 8 chunks)."""
+    return [m // (GROUP[spec.name] // 16) for m in range(16)]
+
+
 def has_mins(spec: Spec) -> bool:
     """Whether the type has true mins (not just a code offset): Q2_K, Q4_K, Q5_K."""
     return spec.name not in _OFFSET

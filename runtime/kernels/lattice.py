@@ -219,6 +219,15 @@ def _iq1_m(e: E, p0, base, f, c):
     return _rows(e, _table(e, "IQ1_M"), idx, 8), None, tuple(s)
 
 
+# weights per integer scale: (s_lo, s_hi) of a chunk are one value for the 32-weight ones
+SCALE_ELEMS = {"IQ2_XXS": 32, "IQ2_XS": 16, "IQ2_S": 16, "IQ3_XXS": 32, "IQ3_S": 32, "IQ1_S": 32, "IQ1_M": 16}
+
+
+def scale_groups(spec: Spec) -> list[int]:
+    """The scale group of each 16-byte run (half j % 2 of chunk j // 2; tiled.py)."""
+    return [j // 2 if SCALE_ELEMS[spec.name] == 32 else j for j in range(16)]
+
+
 _CHUNK = {"IQ2_XXS": _iq2_xxs, "IQ2_XS": _iq2_xs, "IQ2_S": _iq2_s, "IQ3_XXS": _iq3_xxs, "IQ3_S": _iq3_s,
           "IQ1_S": _iq1_s, "IQ1_M": _iq1_m}
 

@@ -13,7 +13,7 @@ activations:
         tq   256 int8    signed codes (x-signs applied, code offsets taken off), in tile order
         ts   16 int32    the integer scale of each 16-byte run (1 without scales)
         tc   int32       128 * sum_j ts_j * (sum of run j's codes): the +128 activation bias
-        td   float       d;   tm  G floats  dmin * min_g (families with true mins)
+        td   float       d;   tm  G floats  -dmin * min_g (families with true mins)
     activations (per 16 activations, per super-block), written by `_transpose_x`:
         xt   64 x <16 activations x 4 bytes>  unit u = tile bytes 4u..4u+3 of each activation, + 128 (u8)
         xdt  16 floats   the activations' int8 scale;   xst  G x 16 floats: their group sums
@@ -21,7 +21,7 @@ activations:
     micro-kernel (`_tile_block`), 8 rows x 16 activations, per super-block:
         for run j: acc_r = sum_{u in j} vpdpbusd(xt[u], broadcast(tq[r, 4u:4u+4]))     4 per row
                    isum_r += acc_r * ts[r, j]                                         vpmulld
-        out_r += float(isum_r - tc[r]) * (td[r] * xdt)  -  sum_g tm[r, g] * xst[g]
+        out_r += float(isum_r - tc[r]) * (td[r] * xdt)  +  sum_g tm[r, g] * xst[g]
 
 Tile order: runs must hold one scale.  Families whose scales are per chunk half
 (IQ4_XS, lattice) keep kernel order (run j = half j % 2 of chunk j // 2);
@@ -52,12 +52,26 @@ RUNS = 16  # 16-byte runs per super-block, one integer scale each
 UNITS = QK_K // 4  # 4-byte units per super-block (one vpdpbusd lane each)
 
 
+def _base_runs(spec: Spec) -> np.ndarray:
+    """(16, 16) kernel positions of the 16 one-scale runs: lane m of the 8 chunks for families with
+    one scale per i16 lane (`SCALE_PER_LANE`), else half j % 2 of chunk j // 2."""
+    if not getattr(family(spec), "SCALE_PER_LANE", False):
+        return np.arange(QK_K).reshape(RUNS, 16)
+    m, c, h = np.meshgrid(np.arange(16), np.arange(8), np.arange(2), indexing="ij")
+    return (32 * c + 2 * m + h).reshape(RUNS, 16)
+
+
+def run_order(spec: Spec) -> tuple[list[int], int]:
+    """(base runs in tile order, runs per scale): runs of one scale group (the family's
+    `scale_groups`) placed next to each other, so one vpmulld serves all of them."""
+    groups = family(spec).scale_groups(spec)
+    order = sorted(range(RUNS), key=lambda j: groups[j])
+    return order, RUNS // len(set(groups))
+
+
 def tile_order(spec: Spec) -> np.ndarray:
     """(256,) tile position -> kernel position inside a super-block (module doc)."""
-    if not getattr(family(spec), "SCALE_PER_LANE", False):
-        return np.arange(QK_K)
-    m, c, h = np.meshgrid(np.arange(16), np.arange(8), np.arange(2), indexing="ij")
-    return (32 * c + 2 * m + h).reshape(-1)  # run m: lane m (bytes 2m, 2m + 1) of chunks 0..7
+    return _base_runs(spec)[run_order(spec)[0]].reshape(-1)
 
 
 def n_groups(spec: Spec) -> int:
@@ -94,6 +108,7 @@ def unpack_body(spec: Spec, e: E, P, out, lane, nsb):
     G = n_groups(spec)
     tq, ts, tc, td, tm = (e.add(a, e.mul(lane, 4)) for a in out)  # every entry is 4 bytes per row
     order = [int(v) for v in tile_order(spec)]
+    runs = run_order(spec)[0]
     per_lane = getattr(fam, "SCALE_PER_LANE", False)
     with cgutils.for_range(b, nsb) as loop:
         sb = loop.index
@@ -107,15 +122,15 @@ def unpack_body(spec: Spec, e: E, P, out, lane, nsb):
             e.st(tq, e.mul(e.add(e.mul(sb, UNITS), u), 4 * ROWS), e.lane(units, u))
         scales = _run_scales(e, blk, per_lane)
         corr = ir.Constant(I32, 0)
-        for j in range(RUNS):
+        for j, base_run in enumerate(runs):
             s = _reduce_add(e, b.sext(e.shuf(tile, range(16 * j, 16 * j + 16)), V(I32, 16)))
-            sc = ir.Constant(I32, 1) if scales is None else scales[j]
+            sc = ir.Constant(I32, 1) if scales is None else scales[base_run]
             e.st(ts, e.mul(e.add(e.mul(sb, RUNS), j), 4 * ROWS), sc)
             corr = b.add(corr, s if scales is None else b.mul(s, sc))
         e.st(tc, e.mul(sb, 4 * ROWS), b.shl(corr, ir.Constant(I32, 7)))
         e.st(td, e.mul(sb, 4 * ROWS), blk.d)
         if G:
-            mins = b.fmul(e.splat(blk.dmin, G), blk.mins)
+            mins = b.fmul(e.splat(b.fsub(ir.Constant(F32, 0.0), blk.dmin), G), blk.mins)  # -dmin * min_g
             for g in range(G):
                 e.st(tm, e.mul(e.add(e.mul(sb, G), g), 4 * ROWS), e.lane(mins, g))
 
@@ -161,22 +176,30 @@ def tile_block_body(spec: Spec, e: E, T_, X_, nsb):
         sb = loop.index
         for i in range(ROWS):
             b.store(e.k(V(I32, COLS), 0), b.gep(isums, [ir.Constant(I64, i)]))
-        # a loop over the runs, not unrolled: unrolled, LLVM hoists all 64 activation loads of the
-        # super-block ahead of the dot steps and spills them (read from the assembly)
-        with cgutils.for_range(b, ir.Constant(I64, RUNS)) as runs:
-            run = e.add(e.mul(sb, RUNS), runs.index)
-            wq = e.add(tq, e.mul(run, 4 * 4 * ROWS))  # the run's 4 units of the 8 rows
+        # a loop over pairs of runs, not unrolled: unrolled, LLVM hoists all 64 activation loads of
+        # the super-block ahead of the dot steps and spills them (read from the assembly)
+        merge = run_order(spec)[1]
+        step = 2 if merge >= 2 else 1  # runs per iteration; one vpmulld per row unless merge == 16
+        with cgutils.for_range(b, ir.Constant(I64, RUNS // step)) as runs:
+            run = e.add(e.mul(sb, RUNS), e.mul(runs.index, step))
+            wq = e.add(tq, e.mul(run, 4 * 4 * ROWS))  # the step's units of the 8 rows
             xq = e.add(xt, e.mul(run, 4 * 64))
             acc = [None] * ROWS
-            for k in range(4):
+            for k in range(4 * step):
                 xv = e.ld(xq, 64 * k, V(I8, 64))
                 for i in range(ROWS):
                     w4 = e.ld(wq, 4 * (k * ROWS + i), I32)
                     acc[i] = e.dpbusd(acc[i], xv, b.bitcast(e.splat(w4, 16), V(I8, 64)))
             for i in range(ROWS):
-                s = e.splat(e.ld(ts, e.mul(e.add(e.mul(run, ROWS), i), 4), I32), 16)
                 slot = b.gep(isums, [ir.Constant(I64, i)])
-                b.store(b.add(b.load(slot), b.mul(acc[i], s)), slot)
+                if merge < RUNS:
+                    acc[i] = b.mul(acc[i], e.splat(e.ld(ts, e.mul(e.add(e.mul(run, ROWS), i), 4), I32), 16))
+                b.store(b.add(b.load(slot), acc[i]), slot)
+        if merge == RUNS:  # one scale for the whole super-block
+            for i in range(ROWS):
+                slot = b.gep(isums, [ir.Constant(I64, i)])
+                sc = e.splat(e.ld(ts, e.mul(e.add(e.mul(e.mul(sb, RUNS), ROWS), i), 4), I32), 16)
+                b.store(b.mul(b.load(slot), sc), slot)
         dx = e.ld(xdt, e.mul(sb, 4 * COLS), V(F32, COLS))
         xs = [e.ld(xst, e.mul(e.add(e.mul(sb, G), g), 4 * COLS), V(F32, COLS)) for g in range(G)]
         for i in range(ROWS):
@@ -188,7 +211,7 @@ def tile_block_body(spec: Spec, e: E, T_, X_, nsb):
             a = e.fma(f, dd, b.load(slot))
             for g in range(G):
                 m = e.ld(tm, e.mul(e.add(e.mul(e.add(e.mul(sb, G), g), ROWS), i), 4), F32)
-                a = e.fma(e.splat(b.fsub(ir.Constant(F32, 0.0), m), COLS), xs[g], a)
+                a = e.fma(e.splat(m, COLS), xs[g], a)
             b.store(a, slot)
     return [b.load(b.gep(slots, [ir.Constant(I64, i)])) for i in range(ROWS)]
 

@@ -126,7 +126,8 @@ class Packed:
         fam = family(self.spec)
         self._x_widths = fam.x_widths(self.spec, self.colsp, self.planes)
         self._order = _x_order(self.spec)
-        self._tiles = tiled.layout(self.spec)
+        lay = tiled.layout(self.spec, self.colsp)
+        self._tiles = None if lay is None else (lay.order, lay.n_scale, lay.n_block, lay.n_min)
 
     @property
     def nbytes(self) -> int:

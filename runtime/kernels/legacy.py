@@ -48,6 +48,7 @@ from .emit import F32, I8, I32, E, V
 from .spec import Spec, register
 
 FAMILY = "q32"
+TILED_BLOCKS = True  # prompts run on decoded row tiles (tiled.py: codes, fam.deq_int, bias8, tail_codes)
 UNIT, STRIDE = 256, 8
 _BITS = {"Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "Q8_0": 8, "IQ4_NL": 4}
 _OFFSET = {"Q4_0": 8, "Q5_0": 16}  # w = d * (q - offset)

@@ -34,6 +34,8 @@ stays below 2^31.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -41,7 +43,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ...tables import QK_K
-from .emit import F32, I8, I32, I64, USE_VNNI512, E, V, array_addr
+from .emit import F16, F32, I8, I32, I64, USE_VNNI512, E, V, array_addr
 from ..threads import serial_and_parallel
 from .spec import Spec, SpecType, family
 from .xquant import empty_i8_64, quant_x
@@ -50,6 +52,20 @@ COLS = 16  # activations per micro-kernel pass: one <16 x i32> per row
 ROWS = 8  # weight rows per micro-kernel pass: 8 independent vpdpbusd chains, 8 + 8 + 8 zmm live
 RUNS = 16  # 16-byte runs per super-block, one integer scale each
 UNITS = QK_K // 4  # 4-byte units per super-block (one vpdpbusd lane each)
+GROUP = 32  # the 32-wide family: bytes per block (one float d each)
+
+
+# ----------------------------------------------------------------------------- layouts (numpy)
+@dataclass(frozen=True)
+class Layout:
+    """What one weight's tiles hold per row: `order` (colsp,) tile position -> kernel position;
+    entries per row of ts (integer run scales), of tc and td (one per super-block, or per 32-wide
+    block), of tm (mins or biases; 0: none)."""
+
+    order: np.ndarray
+    n_scale: int
+    n_block: int
+    n_min: int
 
 
 def _base_runs(spec: Spec) -> np.ndarray:
@@ -74,10 +90,41 @@ def tile_order(spec: Spec) -> np.ndarray:
     return _base_runs(spec)[run_order(spec)[0]].reshape(-1)
 
 
+def _unit_order() -> np.ndarray:
+    """(256,) tile position -> kernel position in a 32-wide family's unit: block l (i32 lane l of
+    the 8 chunks, chunk c lane j = element 8j + c) as 32 consecutive bytes."""
+    l, c, k = np.meshgrid(np.arange(8), np.arange(8), np.arange(4), indexing="ij")
+    return (32 * c + 4 * l + k).reshape(-1)
+
+
 def n_groups(spec: Spec) -> int:
     """Min-term groups per super-block (0 when the family has no true mins)."""
     has = getattr(family(spec), "has_mins", None)
     return QK_K // spec.sgroup if has is not None and has(spec) else 0
+
+
+def _kind(spec: Spec) -> str | None:
+    """"sb" (256-weight super-blocks), "q32" (32-wide blocks) or None (no tiled path)."""
+    fam = family(spec)
+    if hasattr(fam, "block"):
+        return "sb"
+    return "q32" if getattr(fam, "TILED_BLOCKS", False) else None
+
+
+def layout(spec: Spec, colsp: int) -> Layout | None:
+    """The tile layout of a weight of padded row length colsp, or None where the tiled path does not
+    run: other families, and hosts without the 512-bit vpdpbusd."""
+    kind = _kind(spec)
+    if kind is None or not (USE_VNNI512 and spec.vnni and spec.avx512 and not spec.portable):
+        return None
+    if kind == "sb":
+        order = (np.arange(0, colsp, QK_K)[:, None] + tile_order(spec)[None, :]).reshape(-1)
+        return Layout(order, colsp // 16, colsp // QK_K, colsp // QK_K * n_groups(spec))
+    nmain = colsp // QK_K * QK_K
+    order = np.arange(colsp)
+    order[:nmain] = (np.arange(0, nmain, QK_K)[:, None] + _unit_order()[None, :]).reshape(-1)
+    nblk = colsp // GROUP
+    return Layout(order, 0, nblk, nblk if family(spec).stored_bias(spec) else 0)
 
 
 # ----------------------------------------------------------------------------- unpack (LLVM IR)
@@ -101,29 +148,40 @@ def _run_scales(e: E, blk, per_lane: bool):
     return [b.sext(e.lane(blk.scales[j // 2], 8 * (j % 2)), I32) for j in range(RUNS)]
 
 
-def unpack_body(spec: Spec, e: E, P, out, lane, nsb):
-    """Emit row `lane` of a row group's tile: out = (tq, ts, tc, td, tm) addresses (module doc)."""
+def _store_units(e: E, tq, u0, codes):
+    """Store a <4n x i8> of tile codes as n 4-byte units from unit u0 (every ROWS-th entry)."""
+    units = e.b.bitcast(codes, V(I32, codes.type.count // 4))
+    for u in range(codes.type.count // 4):
+        e.st(tq, e.mul(e.add(u0, u), 4 * ROWS), e.lane(units, u))
+
+
+def _code_sum(e: E, codes, lo, n):
+    """sum of codes[lo:lo + n] (signed bytes) as i32."""
+    v = e.b.sext(e.shuf(codes, range(lo, lo + n)), V(I32, n))
+    return e.b.call(e.fn(f"llvm.vector.reduce.add.v{n}i32", I32, [v.type]), [v])
+
+
+def _unpack_sb(spec: Spec, e: E, P, out, ncols):
+    """A super-block family's tile row (module doc): out = (tq, ts, tc, td, tm) at this row's lane."""
     b = e.b
     fam = family(spec)
     G = n_groups(spec)
-    tq, ts, tc, td, tm = (e.add(a, e.mul(lane, 4)) for a in out)  # every entry is 4 bytes per row
+    tq, ts, tc, td, tm = out
     order = [int(v) for v in tile_order(spec)]
     runs = run_order(spec)[0]
     per_lane = getattr(fam, "SCALE_PER_LANE", False)
-    with cgutils.for_range(b, nsb) as loop:
+    with cgutils.for_range(b, b.udiv(ncols, e.i(QK_K))) as loop:
         sb = loop.index
         blk = fam.block(spec, e, P, sb)
         whole = _signed_codes(e, blk)
         while len(whole) > 1:  # one <256 x i8> in kernel order, then one permutation
             whole = e.pairs(whole)
         tile = whole[0] if order == list(range(QK_K)) else e.shuf(whole[0], order)
-        units = b.bitcast(tile, V(I32, UNITS))
-        for u in range(UNITS):
-            e.st(tq, e.mul(e.add(e.mul(sb, UNITS), u), 4 * ROWS), e.lane(units, u))
+        _store_units(e, tq, e.mul(sb, UNITS), tile)
         scales = _run_scales(e, blk, per_lane)
         corr = ir.Constant(I32, 0)
         for j, base_run in enumerate(runs):
-            s = _reduce_add(e, b.sext(e.shuf(tile, range(16 * j, 16 * j + 16)), V(I32, 16)))
+            s = _code_sum(e, tile, 16 * j, 16)
             sc = ir.Constant(I32, 1) if scales is None else scales[base_run]
             e.st(ts, e.mul(e.add(e.mul(sb, RUNS), j), 4 * ROWS), sc)
             corr = b.add(corr, s if scales is None else b.mul(s, sc))
@@ -135,92 +193,169 @@ def unpack_body(spec: Spec, e: E, P, out, lane, nsb):
                 e.st(tm, e.mul(e.add(e.mul(sb, G), g), 4 * ROWS), e.lane(mins, g))
 
 
-def _reduce_add(e: E, v):
-    f = e.fn(f"llvm.vector.reduce.add.v{v.type.count}i32", I32, [v.type])
-    return e.b.call(f, [v])
+def _unpack_q32(spec: Spec, e: E, P, out, ncols):
+    """A 32-wide family's tile row: per block, 32 signed codes (the family's `deq_int`: offsets
+    taken off, IQ4_NL's values looked up), tc = 128 * their sum, td = d, tm = the stored bias (m of
+    Q4_1 / Q5_1)."""
+    b = e.b
+    fam = family(spec)
+    tq, _, tc, td, tm = out
+    order = [int(v) for v in _unit_order()]
+    bias = fam.stored_bias(spec)  # code offsets are in deq_int's codes; only a stored m remains
+
+    def block_facts(g, codes, lo):
+        e.st(tc, e.mul(g, 4 * ROWS), b.shl(_code_sum(e, codes, lo, GROUP), ir.Constant(I32, 7)))
+        e.st(td, e.mul(g, 4 * ROWS), b.fpext(e.ld(P[2], e.mul(g, 2), F16), F32))
+        if bias:
+            e.st(tm, e.mul(g, 4 * ROWS), b.fpext(e.ld(P[3], e.mul(g, 2), F16), F32))
+
+    def signed(q):
+        return b.trunc(fam.deq_int(spec, e, q), V(I8, 32))
+
+    nunit = b.udiv(ncols, e.i(QK_K))
+    with cgutils.for_range(b, nunit) as loop:
+        u = loop.index
+        whole = [signed(q) for q in fam.codes(spec, e, P, u)]
+        while len(whole) > 1:
+            whole = e.pairs(whole)
+        tile = e.shuf(whole[0], order)
+        _store_units(e, tq, e.mul(u, UNITS), tile)
+        for k in range(8):
+            block_facts(e.add(e.mul(u, 8), k), tile, GROUP * k)
+    ntail = b.udiv(b.sub(ncols, e.mul(nunit, QK_K)), e.i(GROUP))
+    with cgutils.for_range(b, ntail) as loop:
+        i = loop.index
+        codes = signed(fam.tail_codes(spec, e, P, nunit, i)[0])
+        g = e.add(e.mul(nunit, 8), i)
+        _store_units(e, tq, e.mul(g, GROUP // 4), codes)
+        block_facts(g, codes, 0)
 
 
 @intrinsic
-def _unpack_row(typingctx, spec, p0, p1, p2, p3, p4, tq, ts, tc, td, tm, lane, nsb):
-    """Row (p0..p4, nsb super-blocks) -> row `lane` of a row group's tile (tq int8, ts, tc int32,
-    td, tm float32; 1-D)."""
+def _unpack_row(typingctx, spec, p0, p1, p2, p3, p4, tq, ts, tc, td, tm, lane, ncols):
+    """Row (p0..p4, padded length ncols) -> row `lane` of a row group's tile (tq int8, ts, tc int32,
+    td, tm float32; 1-D; every entry 4 bytes per row, ROWS rows side by side)."""
     if not isinstance(spec, SpecType):
         return None
     sp = spec.spec
-    sig = types.void(spec, p0, p1, p2, p3, p4, tq, ts, tc, td, tm, lane, nsb)
+    sig = types.void(spec, p0, p1, p2, p3, p4, tq, ts, tc, td, tm, lane, ncols)
 
     def codegen(context, builder, signature, args):
         e = E(builder, sp.portable, sp.vnni, sp.avx512)
         tys = signature.args
         P = [array_addr(context, builder, tys[i], args[i])[0] for i in range(1, 6)]
-        out = [array_addr(context, builder, tys[i], args[i])[0] for i in range(6, 11)]
-        lane_, nsb_ = (context.cast(builder, args[i], tys[i], types.intp) for i in (11, 12))
-        unpack_body(sp, e, P, out, lane_, nsb_)
+        lane_, ncols_ = (context.cast(builder, args[i], tys[i], types.intp) for i in (11, 12))
+        out = [e.add(array_addr(context, builder, tys[i], args[i])[0], e.mul(lane_, 4)) for i in range(6, 11)]
+        (_unpack_sb if _kind(sp) == "sb" else _unpack_q32)(sp, e, P, out, ncols_)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 # ----------------------------------------------------------------------------- micro-kernel (LLVM IR)
-def tile_block_body(spec: Spec, e: E, T_, X_, nsb):
-    """One row group (8 rows) x 16 activations over every super-block: the 8 <16 x float> results."""
+class _Rows:
+    """ROWS vectors in stack slots (LLVM keeps them in registers)."""
+
+    def __init__(self, e: E, ty):
+        self.e, self.ty = e, ty
+        self.slots = cgutils.alloca_once(e.b, ty, size=ROWS)
+
+    def slot(self, i):
+        return self.e.b.gep(self.slots, [ir.Constant(I64, i)])
+
+    def zero(self):
+        for i in range(ROWS):
+            self.e.b.store(self.e.k(self.ty, 0.0 if self.ty.element == F32 else 0), self.slot(i))
+
+    def get(self, i):
+        return self.e.b.load(self.slot(i))
+
+    def put(self, i, v):
+        self.e.b.store(v, self.slot(i))
+
+
+def _dots(e: E, tq, xt, u0, n):
+    """The 8 rows' <16 x i32> sums over units u0 .. u0 + n - 1 (n vpdpbusd per row, the activation
+    vector of each unit loaded once for the 8 rows, the weight bytes broadcast from memory)."""
+    b = e.b
+    wq, xq = e.add(tq, e.mul(u0, 4 * ROWS)), e.add(xt, e.mul(u0, 64))
+    acc = [None] * ROWS
+    for k in range(n):
+        xv = e.ld(xq, 64 * k, V(I8, 64))
+        for i in range(ROWS):
+            w4 = e.ld(wq, 4 * (k * ROWS + i), I32)
+            acc[i] = e.dpbusd(acc[i], xv, b.bitcast(e.splat(w4, 16), V(I8, 64)))
+    return acc
+
+
+def _entry(e: E, base, idx, i, ty):
+    """Entry idx of row i of a row group's per-row array (ROWS rows side by side)."""
+    return e.ld(base, e.mul(e.add(e.mul(idx, ROWS), i), 4), ty)
+
+
+def _bcast(e: E, v):
+    return e.splat(v, COLS)
+
+
+def _tile_sb(spec: Spec, e: E, T_, X_, ncols, out: _Rows):
+    """A super-block family's row group x 16 activations (module doc)."""
     b = e.b
     tq, ts, tc, td, tm = T_
     xt, xdt, xst = X_
     G = n_groups(spec)
-    slots = cgutils.alloca_once(b, V(F32, COLS), size=ROWS)
-    for i in range(ROWS):
-        b.store(e.k(V(F32, COLS), 0.0), b.gep(slots, [ir.Constant(I64, i)]))
-    isums = cgutils.alloca_once(b, V(I32, COLS), size=ROWS)
-    with cgutils.for_range(b, nsb) as loop:
+    isums = _Rows(e, V(I32, COLS))
+    merge = run_order(spec)[1]
+    step = 2 if merge >= 2 else 1  # runs per iteration; one vpmulld per row unless merge == 16
+    with cgutils.for_range(b, b.udiv(ncols, e.i(QK_K))) as loop:
         sb = loop.index
-        for i in range(ROWS):
-            b.store(e.k(V(I32, COLS), 0), b.gep(isums, [ir.Constant(I64, i)]))
-        # a loop over pairs of runs, not unrolled: unrolled, LLVM hoists all 64 activation loads of
-        # the super-block ahead of the dot steps and spills them (read from the assembly)
-        merge = run_order(spec)[1]
-        step = 2 if merge >= 2 else 1  # runs per iteration; one vpmulld per row unless merge == 16
+        isums.zero()
+        # a loop over runs, not unrolled: unrolled, LLVM hoists all 64 activation loads of the
+        # super-block ahead of the dot steps and spills them (read from the assembly)
         with cgutils.for_range(b, ir.Constant(I64, RUNS // step)) as runs:
             run = e.add(e.mul(sb, RUNS), e.mul(runs.index, step))
-            wq = e.add(tq, e.mul(run, 4 * 4 * ROWS))  # the step's units of the 8 rows
-            xq = e.add(xt, e.mul(run, 4 * 64))
-            acc = [None] * ROWS
-            for k in range(4 * step):
-                xv = e.ld(xq, 64 * k, V(I8, 64))
-                for i in range(ROWS):
-                    w4 = e.ld(wq, 4 * (k * ROWS + i), I32)
-                    acc[i] = e.dpbusd(acc[i], xv, b.bitcast(e.splat(w4, 16), V(I8, 64)))
+            acc = _dots(e, tq, xt, e.mul(run, 4), 4 * step)
             for i in range(ROWS):
-                slot = b.gep(isums, [ir.Constant(I64, i)])
                 if merge < RUNS:
-                    acc[i] = b.mul(acc[i], e.splat(e.ld(ts, e.mul(e.add(e.mul(run, ROWS), i), 4), I32), 16))
-                b.store(b.add(b.load(slot), acc[i]), slot)
-        if merge == RUNS:  # one scale for the whole super-block
-            for i in range(ROWS):
-                slot = b.gep(isums, [ir.Constant(I64, i)])
-                sc = e.splat(e.ld(ts, e.mul(e.add(e.mul(e.mul(sb, RUNS), ROWS), i), 4), I32), 16)
-                b.store(b.mul(b.load(slot), sc), slot)
+                    acc[i] = b.mul(acc[i], _bcast(e, _entry(e, ts, run, i, I32)))
+                isums.put(i, b.add(isums.get(i), acc[i]))
         dx = e.ld(xdt, e.mul(sb, 4 * COLS), V(F32, COLS))
         xs = [e.ld(xst, e.mul(e.add(e.mul(sb, G), g), 4 * COLS), V(F32, COLS)) for g in range(G)]
         for i in range(ROWS):
-            slot = b.gep(slots, [ir.Constant(I64, i)])
-            at = e.mul(e.add(e.mul(sb, ROWS), i), 4)
-            c = e.splat(e.ld(tc, at, I32), 16)
-            f = e.cvt(b.sub(b.load(b.gep(isums, [ir.Constant(I64, i)])), c))
-            dd = b.fmul(e.splat(e.ld(td, at, F32), COLS), dx)
-            a = e.fma(f, dd, b.load(slot))
+            isum = isums.get(i)
+            if merge == RUNS:  # one scale for the whole super-block
+                isum = b.mul(isum, _bcast(e, _entry(e, ts, e.mul(sb, RUNS), i, I32)))
+            f = e.cvt(b.sub(isum, _bcast(e, _entry(e, tc, sb, i, I32))))
+            a = e.fma(f, b.fmul(_bcast(e, _entry(e, td, sb, i, F32)), dx), out.get(i))
             for g in range(G):
-                m = e.ld(tm, e.mul(e.add(e.mul(e.add(e.mul(sb, G), g), ROWS), i), 4), F32)
-                a = e.fma(e.splat(m, COLS), xs[g], a)
-            b.store(a, slot)
-    return [b.load(b.gep(slots, [ir.Constant(I64, i)])) for i in range(ROWS)]
+                a = e.fma(_bcast(e, _entry(e, tm, e.add(e.mul(sb, G), g), i, F32)), xs[g], a)
+            out.put(i, a)
+
+
+def _tile_q32(spec: Spec, e: E, T_, X_, ncols, out: _Rows):
+    """A 32-wide family's row group x 16 activations: per block, 8 vpdpbusd per row, then
+    out += float(acc - tc) * (d * dx)  (+ m * xsum where the family has a bias)."""
+    b = e.b
+    tq, _, tc, td, tm = T_
+    xt, xdt, xst = X_
+    bias = family(spec).stored_bias(spec)
+    with cgutils.for_range(b, b.udiv(ncols, e.i(GROUP))) as loop:
+        g = loop.index
+        acc = _dots(e, tq, xt, e.mul(g, GROUP // 4), GROUP // 4)
+        dx = e.ld(xdt, e.mul(g, 4 * COLS), V(F32, COLS))
+        xs = e.ld(xst, e.mul(g, 4 * COLS), V(F32, COLS)) if bias else None
+        for i in range(ROWS):
+            f = e.cvt(b.sub(acc[i], _bcast(e, _entry(e, tc, g, i, I32))))
+            a = e.fma(f, b.fmul(_bcast(e, _entry(e, td, g, i, F32)), dx), out.get(i))
+            if bias:
+                a = e.fma(_bcast(e, _entry(e, tm, g, i, F32)), xs, a)
+            out.put(i, a)
 
 
 @intrinsic
 def _tile_block(typingctx, spec, tq, ts, tc, td, tm, xt, xdt, xst, y, c0, r0, nr):
     """y[c0 + k, r0 + i] = row i of the row group's tile . activation k of the block, for the nr
-    valid rows and the activations y has (tile rows 1-D; xt (nsb * 64, 64) u8, xdt (nsb, 16),
-    xst (nsb * G, 16))."""
+    valid rows and the activations y has (tile rows 1-D; xt (colsp / 4, 64) u8, xdt (n_block, 16),
+    xst (n_min, 16))."""
     if not isinstance(spec, SpecType):
         return None
     sp = spec.spec
@@ -232,18 +367,22 @@ def _tile_block(typingctx, spec, tq, ts, tc, td, tm, xt, xdt, xst, y, c0, r0, nr
         T_ = [array_addr(context, builder, tys[i], args[i])[0] for i in range(1, 6)]
         X_ = [array_addr(context, builder, tys[i], args[i])[0] for i in (6, 7, 8)]
         c0_, r0_, nr_ = (context.cast(builder, args[i], tys[i], types.intp) for i in (10, 11, 12))
-        nsb = cgutils.unpack_tuple(builder, context.make_array(tys[7])(context, builder, args[7]).shape)[0]
-        outs = tile_block_body(sp, e, T_, X_, nsb)
+        ncols = b.mul(cgutils.unpack_tuple(builder, context.make_array(tys[6])(context, builder, args[6]).shape)[0],
+                      ir.Constant(I64, 4))
+        out = _Rows(e, V(F32, COLS))
+        out.zero()
+        (_tile_sb if _kind(sp) == "sb" else _tile_q32)(sp, e, T_, X_, ncols, out)
         yarr = context.make_array(tys[9])(context, builder, args[9])
         T = cgutils.unpack_tuple(builder, yarr.shape)[0]
         ystr = cgutils.unpack_tuple(builder, yarr.strides)
         ybase = builder.ptrtoint(yarr.data, I64)
         for i in range(ROWS):
             ok_r = b.icmp_signed("<", ir.Constant(I64, i), nr_)
+            v = out.get(i)
             for k in range(COLS):
                 col = e.add(c0_, k)
                 with cgutils.if_likely(b, b.and_(ok_r, b.icmp_signed("<", col, T))):
-                    e.st(ybase, e.add(e.mul(col, ystr[0]), e.mul(e.add(r0_, i), 4)), e.lane(outs[i], k))
+                    e.st(ybase, e.add(e.mul(col, ystr[0]), e.mul(e.add(r0_, i), 4)), e.lane(v, k))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -251,36 +390,37 @@ def _tile_block(typingctx, spec, tq, ts, tc, td, tm, xt, xdt, xst, y, c0, r0, nr
 
 # ----------------------------------------------------------------------------- driver (njit)
 @njit(cache=True)
-def _transpose_x(xq, xd, xs, torder, G, xt, xdt, xst):
-    """Quantized activations (kernel order) -> the micro-kernel's layout (module doc), per block of
-    16: xt (ncb, nsb * 64, 64) bytes x + 128, xdt (ncb, nsb, 16), xst (ncb, nsb * G, 16); the
-    activations past T are zero."""
-    T = xq.shape[0]
-    ncb, nsb = xdt.shape[0], xdt.shape[1]
+def _transpose_x(xq, xd, xs, order, xt, xdt, xst):
+    """Quantized activations (kernel order) -> the micro-kernel's layout, per block of 16: xt
+    (ncb, colsp / 4, 64) bytes x + 128 in tile order, xdt (ncb, n_block, 16) their scales, xst
+    (ncb, n_min, 16) their group sums; the activations past T are zero."""
+    T, n = xq.shape
+    ncb, nblock, nmin = xdt.shape[0], xdt.shape[1], xst.shape[1]
     flip = np.int8(-128)
     for cb in range(ncb):
-        for k in range(16):
-            t = cb * 16 + k
-            for sb in range(nsb):
-                base = sb * 256
-                if t < T:
-                    xqt = xq[t]
-                    for u in range(64):
-                        for j in range(4):
-                            xt[cb, sb * 64 + u, 4 * k + j] = xqt[base + torder[4 * u + j]] ^ flip
-                    xdt[cb, sb, k] = xd[t, sb]
-                    for g in range(G):
-                        xst[cb, sb * G + g, k] = xs[t, sb * G + g]
-                else:
-                    for u in range(64):
-                        for j in range(4):
-                            xt[cb, sb * 64 + u, 4 * k + j] = flip
-                    xdt[cb, sb, k] = 0.0
-                    for g in range(G):
-                        xst[cb, sb * G + g, k] = 0.0
+        for k in range(COLS):
+            t = cb * COLS + k
+            if t < T:
+                xqt = xq[t]
+                for u in range(n // 4):
+                    for j in range(4):
+                        xt[cb, u, 4 * k + j] = xqt[order[4 * u + j]] ^ flip
+                for i in range(nblock):
+                    xdt[cb, i, k] = xd[t, i]
+                for i in range(nmin):
+                    xst[cb, i, k] = xs[t, i]
+            else:
+                for u in range(n // 4):
+                    for j in range(4):
+                        xt[cb, u, 4 * k + j] = flip
+                for i in range(nblock):
+                    xdt[cb, i, k] = 0.0
+                for i in range(nmin):
+                    xst[cb, i, k] = 0.0
 
 
-def _tiled_body(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, unit, order, torder, G):
+def _tiled_body(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, unit, order, torder, n_scale,
+                n_block, n_min):
     """(T, rows) = x W^T through row tiles (module doc), parallel over blocks of ROW_BLOCK rows."""
     T = x.shape[0]
     y = np.empty((T, rows), np.float32)
@@ -288,25 +428,24 @@ def _tiled_body(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, uni
     xd = np.empty((T, nd), np.float32)
     xs = np.empty((T, ns), np.float32)
     quant_x(x, xblk, sgroup, unit, order, xq, xd, xs)
-    nsb = nq // 256
     ncb = (T + COLS - 1) // COLS
-    xt = empty_i8_64(ncb * nsb * 64, 64).reshape((ncb, nsb * 64, 64))
-    xdt = np.empty((ncb, nsb, COLS), np.float32)
-    xst = np.empty((ncb, max(1, nsb * G), COLS), np.float32)
-    _transpose_x(xq, xd, xs, torder, G, xt, xdt, xst)
+    xt = empty_i8_64(ncb * nq // 4, 64).reshape((ncb, nq // 4, 64))
+    xdt = np.empty((ncb, n_block, COLS), np.float32)
+    xst = np.empty((ncb, max(1, n_min), COLS), np.float32)
+    _transpose_x(xq, xd, xs, torder, xt, xdt, xst[:, :n_min])
     ng = ROW_BLOCK // ROWS
     for blk in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
         r0 = blk * ROW_BLOCK
         nrb = min(ROW_BLOCK, rows - r0)
-        tq = np.empty((ng, nsb * UNITS * 4 * ROWS), np.int8)  # row group g: unit u of row i at 32u + 4i
-        ts = np.empty((ng, nsb * RUNS * ROWS), np.int32)
-        tc = np.empty((ng, nsb * ROWS), np.int32)
-        td = np.empty((ng, nsb * ROWS), np.float32)
-        tm = np.empty((ng, max(1, nsb * G) * ROWS), np.float32)
+        tq = np.empty((ng, nq * ROWS), np.int8)  # row group g: unit u of row i at 32u + 4i
+        ts = np.empty((ng, max(1, n_scale) * ROWS), np.int32)
+        tc = np.empty((ng, n_block * ROWS), np.int32)
+        td = np.empty((ng, n_block * ROWS), np.float32)
+        tm = np.empty((ng, max(1, n_min) * ROWS), np.float32)
         for r in range((nrb + ROWS - 1) // ROWS * ROWS):  # a last group's missing rows repeat its last row
             s = r0 + min(r, nrb - 1)
             g, i = r // ROWS, r % ROWS
-            _unpack_row(spec, p0[s], p1[s], p2[s], p3[s], p4[s], tq[g], ts[g], tc[g], td[g], tm[g], i, nsb)
+            _unpack_row(spec, p0[s], p1[s], p2[s], p3[s], p4[s], tq[g], ts[g], tc[g], td[g], tm[g], i, nq)
         for cb in range(ncb):
             for g in range((nrb + ROWS - 1) // ROWS):
                 _tile_block(spec, tq[g], ts[g], tc[g], td[g], tm[g], xt[cb], xdt[cb], xst[cb], y, cb * COLS,
@@ -320,11 +459,3 @@ ROW_BLOCK = 64  # rows decoded into one tile (64 x 5632 codes: 352 KB, in L2)
 MIN_T = 64
 _tiled_serial, _tiled = serial_and_parallel(_tiled_body, fastmath=True)
 TILED = (_tiled_serial, _tiled)  # indexed by threads.SERIAL / PARALLEL
-
-
-def layout(spec: Spec):
-    """(tile order as int64, min groups) for a spec the tiled path runs, else None: the super-block
-    families (those with `block`) on hosts with the 512-bit vpdpbusd."""
-    if not (USE_VNNI512 and spec.vnni and spec.avx512 and not spec.portable and hasattr(family(spec), "block")):
-        return None
-    return np.ascontiguousarray(tile_order(spec), np.int64), n_groups(spec)

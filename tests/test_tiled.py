@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(not tiled.USE_VNNI512, reason="the host has no 5
 SUPER = KQUANTS + IQ + TERNARY + LEGACY
 # 75 rows: a whole row block of 64 and a last row group of 3; 70 activations: a last block of 6
 ROWS, COLS, T = 75, 512, 70
+assert T >= tiled.MIN_T
 
 
 def _case(qtype, seed):

@@ -390,33 +390,32 @@ def _tile_block(typingctx, spec, tq, ts, tc, td, tm, xt, xdt, xst, y, c0, r0, nr
 
 # ----------------------------------------------------------------------------- driver (njit)
 @njit(cache=True)
-def _transpose_x(xq, xd, xs, order, xt, xdt, xst):
-    """Quantized activations (kernel order) -> the micro-kernel's layout, per block of 16: xt
-    (ncb, colsp / 4, 64) bytes x + 128 in tile order, xdt (ncb, n_block, 16) their scales, xst
-    (ncb, n_min, 16) their group sums; the activations past T are zero."""
+def _transpose_x(xq, xd, xs, order, xt, xdt, xst, cb):
+    """Quantized activations (kernel order) -> the micro-kernel's layout for column block cb: xt
+    (colsp / 4, 64) bytes x + 128 in tile order, xdt (n_block, 16) their scales, xst (n_min, 16)
+    their group sums; the activations past T are zero.  Moves bytes only (no rounding)."""
     T, n = xq.shape
-    ncb, nblock, nmin = xdt.shape[0], xdt.shape[1], xst.shape[1]
+    nblock, nmin = xdt.shape[0], xst.shape[0]
     flip = np.int8(-128)
-    for cb in range(ncb):
-        for k in range(COLS):
-            t = cb * COLS + k
-            if t < T:
-                xqt = xq[t]
-                for u in range(n // 4):
-                    for j in range(4):
-                        xt[cb, u, 4 * k + j] = xqt[order[4 * u + j]] ^ flip
-                for i in range(nblock):
-                    xdt[cb, i, k] = xd[t, i]
-                for i in range(nmin):
-                    xst[cb, i, k] = xs[t, i]
-            else:
-                for u in range(n // 4):
-                    for j in range(4):
-                        xt[cb, u, 4 * k + j] = flip
-                for i in range(nblock):
-                    xdt[cb, i, k] = 0.0
-                for i in range(nmin):
-                    xst[cb, i, k] = 0.0
+    for k in range(COLS):
+        t = cb * COLS + k
+        if t < T:
+            xqt = xq[t]
+            for u in range(n // 4):
+                for j in range(4):
+                    xt[u, 4 * k + j] = xqt[order[4 * u + j]] ^ flip
+            for i in range(nblock):
+                xdt[i, k] = xd[t, i]
+            for i in range(nmin):
+                xst[i, k] = xs[t, i]
+        else:
+            for u in range(n // 4):
+                for j in range(4):
+                    xt[u, 4 * k + j] = flip
+            for i in range(nblock):
+                xdt[i, k] = 0.0
+            for i in range(nmin):
+                xst[i, k] = 0.0
 
 
 def _tiled_body(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, unit, order, torder, n_scale,
@@ -432,7 +431,8 @@ def _tiled_body(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, uni
     xt = empty_i8_64(ncb * nq // 4, 64).reshape((ncb, nq // 4, 64))
     xdt = np.empty((ncb, n_block, COLS), np.float32)
     xst = np.empty((ncb, max(1, n_min), COLS), np.float32)
-    _transpose_x(xq, xd, xs, torder, xt, xdt, xst[:, :n_min])
+    for cb in prange(ncb):
+        _transpose_x(xq, xd, xs, torder, xt[cb], xdt[cb], xst[cb, :n_min], cb)
     ng = ROW_BLOCK // ROWS
     for blk in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
         r0 = blk * ROW_BLOCK
@@ -454,8 +454,9 @@ def _tiled_body(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, uni
 
 
 ROW_BLOCK = 64  # rows decoded into one tile (64 x 5632 codes: 352 KB, in L2)
-# Fewest activations for which the tiles pay for their decoding: 5632 x 2048 Q4_K / IQ4_XS, one thread,
-# against the row kernels: T = 16 0.44x / 0.69x, 32 0.94x / 1.05x, 64 1.18x / 1.43x, 512 1.57x / 1.25x
-MIN_T = 64
+# Fewest activations for which the tiles pay for their decoding: 5632 x 2048, one thread, tiled against
+# the row kernels (Q4_K / Q6_K / Q4_0 / IQ2_XXS): T = 24 0.72 / 0.92 / 0.70 / 1.19x, 32 0.90 / 1.01 / 0.97 /
+# 1.65x, 48 1.21 / 1.22 / 1.22 / 1.79x, 64 1.17 / 1.42 / 1.13 / 1.88x
+MIN_T = 48
 _tiled_serial, _tiled = serial_and_parallel(_tiled_body, fastmath=True)
 TILED = (_tiled_serial, _tiled)  # indexed by threads.SERIAL / PARALLEL

@@ -34,6 +34,7 @@ stays below 2^31.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,9 +112,10 @@ def _kind(spec: Spec) -> str | None:
     return "q32" if getattr(fam, "TILED_BLOCKS", False) else None
 
 
+@functools.cache
 def layout(spec: Spec, colsp: int) -> Layout | None:
     """The tile layout of a weight of padded row length colsp, or None where the tiled path does not
-    run: other families, and hosts without the 512-bit vpdpbusd."""
+    run: other families, and hosts without the 512-bit vpdpbusd (one object per spec and length)."""
     kind = _kind(spec)
     if kind is None or not (USE_VNNI512 and spec.vnni and spec.avx512 and not spec.portable):
         return None

@@ -230,6 +230,17 @@ def _fast_call(p: Packed, key, disp, *args):
     return out
 
 
+def _compile_copies(fns, args) -> None:
+    """Compile (or load from numba's cache) both the serial and the parallel copy for these argument
+    types before either runs: the chooser's first pick is serial and every weight's first call goes
+    untimed, so the parallel copy was first compiled in the middle of the second long prompt (a
+    20 s stall of a 512-token prefill, and the compiler's memory in that process's peak RSS)."""
+    sig = tuple(typeof(a, Purpose.argument) for a in args)
+    for f in fns:
+        if sig not in f.overloads:
+            f.compile(sig)
+
+
 def _matvec_small(p: Packed, x: np.ndarray) -> np.ndarray:
     """(T, cols) -> (T, rows) with the packed-integer (or F16/BF16) kernels."""
     sp = p.spec
@@ -246,6 +257,8 @@ def _matvec_small(p: Packed, x: np.ndarray) -> np.ndarray:
     if p._tiles is not None and x.shape[0] >= tiled.MIN_T:  # prompts: decoded row tiles, tiled.py
         key, fns, args = ("tile", par), tiled.TILED, (*args, *p._tiles)
     if bucket is None or key not in p._entries:  # untimed: small, or its first call (may compile)
+        if bucket is not None:
+            _compile_copies(fns, args)
         return _fast_call(p, key, fns[par], *args)
     t0 = perf_counter()
     y = p._entries[key](*args)

@@ -236,7 +236,7 @@ def _compile_copies(fns, args) -> None:
     untimed, so the parallel copy was first compiled in the middle of the second long prompt (a
     20 s stall of a 512-token prefill, and the compiler's memory in that process's peak RSS)."""
     sig = tuple(typeof(a, Purpose.argument) for a in args)
-    for f in fns:
+    for f in (fns[SERIAL], fns[PARALLEL]):
         if sig not in f.overloads:
             f.compile(sig)
 

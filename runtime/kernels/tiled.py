@@ -262,6 +262,18 @@ def _unpack_q32(spec: Spec, e: E, P, out, ncols):
         block_facts(g, e.lane(_code_sums(e, codes, GROUP), 0))
 
 
+def _emitter(sp: Spec, context, builder, signature, args):
+    """(E for the spec, arg(i)): an array argument's data address, or an integer argument as intp."""
+    tys = signature.args
+
+    def arg(i):
+        if isinstance(tys[i], types.Array):
+            return array_addr(context, builder, tys[i], args[i])[0]
+        return context.cast(builder, args[i], tys[i], types.intp)
+
+    return E(builder, sp.portable, sp.vnni, sp.avx512), arg
+
+
 @intrinsic
 def _unpack_row(typingctx, spec, p0, p1, p2, p3, p4, tq, ts, tc, td, tm, lane, ncols):
     """Row (p0..p4, padded length ncols) -> row `lane` of a row group's tile (tq int8, ts, tc int32,
@@ -272,12 +284,10 @@ def _unpack_row(typingctx, spec, p0, p1, p2, p3, p4, tq, ts, tc, td, tm, lane, n
     sig = types.void(spec, p0, p1, p2, p3, p4, tq, ts, tc, td, tm, lane, ncols)
 
     def codegen(context, builder, signature, args):
-        e = E(builder, sp.portable, sp.vnni, sp.avx512)
-        tys = signature.args
-        P = [array_addr(context, builder, tys[i], args[i])[0] for i in range(1, 6)]
-        lane_, ncols_ = (context.cast(builder, args[i], tys[i], types.intp) for i in (11, 12))
-        out = [e.add(array_addr(context, builder, tys[i], args[i])[0], e.mul(lane_, 4)) for i in range(6, 11)]
-        (_unpack_sb if _kind(sp) == "sb" else _unpack_q32)(sp, e, P, out, ncols_)
+        e, arg = _emitter(sp, context, builder, signature, args)
+        lane_, ncols_ = arg(11), arg(12)
+        out = [e.add(arg(i), e.mul(lane_, 4)) for i in range(6, 11)]
+        (_unpack_sb if _kind(sp) == "sb" else _unpack_q32)(sp, e, [arg(i) for i in range(1, 6)], out, ncols_)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -393,11 +403,10 @@ def _tile_block(typingctx, spec, tq, ts, tc, td, tm, xt, xdt, xst, y, c0, r0, nr
     sig = types.void(spec, tq, ts, tc, td, tm, xt, xdt, xst, y, c0, r0, nr)
 
     def codegen(context, builder, signature, args):
-        e = E(builder, sp.portable, sp.vnni, sp.avx512)
+        e, arg = _emitter(sp, context, builder, signature, args)
         b, tys = builder, signature.args
-        T_ = [array_addr(context, builder, tys[i], args[i])[0] for i in range(1, 6)]
-        X_ = [array_addr(context, builder, tys[i], args[i])[0] for i in (6, 7, 8)]
-        c0_, r0_, nr_ = (context.cast(builder, args[i], tys[i], types.intp) for i in (10, 11, 12))
+        T_, X_ = [arg(i) for i in range(1, 6)], [arg(i) for i in (6, 7, 8)]
+        c0_, r0_, nr_ = arg(10), arg(11), arg(12)
         ncols = b.mul(cgutils.unpack_tuple(builder, context.make_array(tys[6])(context, builder, args[6]).shape)[0],
                       ir.Constant(I64, 4))
         out = _Rows(e, V(F32, COLS))

@@ -9,8 +9,9 @@
 Decode (T <= SMALL_T_*): `_matvec` quantizes x once (`quant_x`), then runs
 the spec's row kernel (`rows._row`, emitted by the weight's family module)
 for every row, blocks of ROW_BLOCK rows under `prange`, TMAX activations per pass so each decoded
-weight block serves several activations.  Prefill (larger T): on AVX2 hosts the
-same kernels (measured faster, see INT_PREFILL_T); elsewhere dequantize
+weight block serves several activations.  Prefill (larger T): on AVX512-VNNI hosts, from
+tiled.MIN_T activations on, the super-block and 32-wide types run on decoded row tiles
+(tiled.py); other types and AVX2 hosts the row kernels (measured faster, see INT_PREFILL_T); elsewhere dequantize
 TILE_ELEMS weights (whole rows) at a time in kernel order and multiply with BLAS.  The njit functions are `cache=True`: a second start does not recompile.
 A family registered with `spec.register_own` (sparse.py) gets its weights and
 packed objects handed over by every function of the API.

@@ -437,25 +437,18 @@ def _transpose_x(xq, xd, xs, order, xt, xdt, xst, cb):
     T, n = xq.shape
     nblock, nmin = xdt.shape[0], xst.shape[0]
     flip = np.int8(-128)
+    zero = np.zeros(n, np.int8)  # the codes of an activation past T
     for k in range(COLS):
         t = cb * COLS + k
-        if t < T:
-            xqt = xq[t]
-            for u in range(n // 4):
-                for j in range(4):
-                    xt[u, 4 * k + j] = xqt[order[4 * u + j]] ^ flip
-            for i in range(nblock):
-                xdt[i, k] = xd[t, i]
-            for i in range(nmin):
-                xst[i, k] = xs[t, i]
-        else:
-            for u in range(n // 4):
-                for j in range(4):
-                    xt[u, 4 * k + j] = flip
-            for i in range(nblock):
-                xdt[i, k] = 0.0
-            for i in range(nmin):
-                xst[i, k] = 0.0
+        live = t < T
+        xqt = xq[t] if live else zero
+        for u in range(n // 4):
+            for j in range(4):
+                xt[u, 4 * k + j] = xqt[order[4 * u + j]] ^ flip
+        for i in range(nblock):
+            xdt[i, k] = xd[t, i] if live else np.float32(0.0)
+        for i in range(nmin):
+            xst[i, k] = xs[t, i] if live else np.float32(0.0)
 
 
 def _tiled_body(spec, p0, p1, p2, p3, p4, x, rows, nq, nd, ns, xblk, sgroup, unit, order, torder, n_scale,

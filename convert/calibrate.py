@@ -208,12 +208,24 @@ def _id_sequences(calib, n_tokens: int, seq_len: int) -> list[np.ndarray]:
 # ---------------------------------------------------------------------------
 # the model, one layer at a time
 # ---------------------------------------------------------------------------
+def _hf_config(folder: Path, raw: dict):
+    """transformers' config of the folder. A widened model (convert/widen.py) has a hidden size that is
+    not a multiple of the head count; transformers' config validator refuses that although its modules
+    take head_dim as given, so such a config is built with the stand-in n_head * head_dim and then set."""
+    import transformers
+
+    hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
+    if hidden % heads == 0 or not raw.get("head_dim"):
+        return transformers.AutoConfig.from_pretrained(str(folder))
+    config = transformers.CONFIG_MAPPING[raw["model_type"]].from_dict(dict(raw, hidden_size=heads * int(raw["head_dim"])))
+    config.hidden_size = hidden
+    return config
+
+
 class _Checkpoint:
     """Config, arch (name map), transformers classes and streaming tensor reads of an HF folder."""
 
     def __init__(self, folder: Path):
-        import transformers
-
         self.folder = folder
         raw = read_config(folder)
         self.arch: Arch = arch_for_config(raw)
@@ -225,7 +237,7 @@ class _Checkpoint:
         self.layer_cls = getattr(mod, f"{prefix}DecoderLayer")
         self.rotary_cls = getattr(mod, f"{prefix}RotaryEmbedding")
         self.norm_cls = getattr(mod, f"{prefix}RMSNorm")
-        self.config = transformers.AutoConfig.from_pretrained(str(folder))
+        self.config = _hf_config(folder, raw)
         self.config._attn_implementation = "sdpa"
         self.entries: dict[str, safetensors_read.Entry] = {}
         for f in safetensors_files(folder):

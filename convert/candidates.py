@@ -53,16 +53,20 @@ NOT_CANDIDATES = {
     "IQ1_S": "1.56 bpw: below the budgets aimed at, and 1/3 of the analysis time on its own",
     "IQ1_M": "1.75 bpw: below the budgets aimed at, and 1/3 of the analysis time on its own",
 }
+# The last resort: IQ1 types join the ladder only when a budget cannot be met without them
+# (pipeline._fit_budget), e.g. a widened 576-wide model at 2.5 bpw of its original weights.
+LOWEST = ("IQ1_S", "IQ1_M")
 TOP = "F16"  # above the quantized candidates for --bpw / --size budgets
 
 
-def family_types(family: str, group: int = 64, top_f16: bool = True) -> tuple[str, ...]:
+def family_types(family: str, group: int = 64, top_f16: bool = True, lowest: bool = False) -> tuple[str, ...]:
     """Candidate types of a family, smallest first (+ F16 on top).
 
-    ggml -> the writable types of GGML_CANDIDATES; affine -> AFFINE{2..8}_G{group}.
+    ggml -> the writable types of GGML_CANDIDATES (with `lowest`: LOWEST below them);
+    affine -> AFFINE{2..8}_G{group}.
     """
     if family == "ggml":
-        types = tuple(t for t in GGML_CANDIDATES if t in GGML_WRITABLE)
+        types = tuple(t for t in (LOWEST if lowest else ()) + GGML_CANDIDATES if t in GGML_WRITABLE)
     elif family == "affine":
         types = tuple(affine_name(b, group) for b in AFFINE_BITS)
     else:

@@ -1,7 +1,7 @@
 """`edgeslim convert SRC -o OUT.gguf [--quant TYPE | --target NAME | --bpw X | --size S] [--family ggml|affine]
 [--group 32|64] [--allocate erank|sensitivity|uniform|hybrid] [--calib FILE] [--calib-tokens N] [--no-calib]
 [--gptq | --no-gptq] [--prune magnitude|wanda|sparsegpt [--sparsity S] [--pattern unstructured|2:4|4:8]
-[--owl [LAMBDA]] [--prune-choice]] [--ctx N] [--force]`."""
+[--owl [LAMBDA]] [--prune-choice]] [--widen | --no-widen] [--ctx N] [--force]`."""
 from __future__ import annotations
 
 import argparse
@@ -54,6 +54,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prune-choice", action="store_true",
                         help="with --target/--bpw/--size: the allocator chooses per matrix between the dense types "
                              "and the pruned ones by measured error per byte (default: every decoder matrix pruned)")
+    parser.add_argument("--widen", action=argparse.BooleanOptionalAction, default=None,
+                        help="zero-pad the hidden (and FFN) width to a multiple of 256 so K and IQ types fit every "
+                             "row (exact; Llama-shaped HF folders; the file is a wider model llama.cpp loads). "
+                             "Default: only when the budget is below what 32-wide rows such as 576 allow")
     parser.add_argument("--ctx", type=int, default=DEFAULT_CTX,
                         help=f"context length the KV cache must hold in the fit report (default {DEFAULT_CTX})")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
@@ -70,5 +74,5 @@ def run(args: argparse.Namespace) -> int:
     convert(args.src, args.out, quant=args.quant, family=args.family, target=args.target, ctx=args.ctx,
             bpw=args.bpw, size=args.size, allocate=args.allocate, calib=calib, calib_tokens=args.calib_tokens,
             gptq=args.gptq, group=args.group, force=args.force, prune=args.prune, sparsity=args.sparsity,
-            pattern=args.pattern, owl=args.owl, prune_choice=args.prune_choice)
+            pattern=args.pattern, owl=args.owl, prune_choice=args.prune_choice, widen=args.widen)
     return 0

@@ -89,7 +89,7 @@ def _check_quantized(config: dict, folder: Path) -> None:
                                "F16/BF16/F32 checkpoint")
 
 
-class _Shards:
+class Shards:
     """Tensor entries of every shard; `load` reads one tensor as float32 (see safetensors_read)."""
 
     def __init__(self, files: list[Path]):
@@ -108,7 +108,7 @@ class _Shards:
         return safetensors_read.load(self.entries[name])
 
 
-def _spec(shards: _Shards, arch: Arch, hf_name: str, gguf_name: str) -> TensorSpec:
+def _spec(shards: Shards, arch: Arch, hf_name: str, gguf_name: str) -> TensorSpec:
     def load() -> np.ndarray:
         w = shards.load(hf_name)
         return np.ascontiguousarray(arch.transform(gguf_name, w), dtype=np.float32)
@@ -128,7 +128,7 @@ def open_hf(src: str) -> SourceModel:
     config = read_config(folder)
     arch = arch_for_config(config)
     _check_quantized(config, folder)
-    shards = _Shards(safetensors_files(folder))
+    shards = Shards(safetensors_files(folder))
     specs = []
     for hf_name in shards.entries:
         gguf_name = arch.gguf_name(hf_name)

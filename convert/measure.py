@@ -80,7 +80,7 @@ def _has_torch() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
 
 
-def _hf_folder(src: str) -> Path | None:
+def hf_folder(src: str) -> Path | None:
     """The HF folder behind `src` (a hub id resolves to its download), None for GGUF files."""
     p = Path(src)
     if p.is_dir():
@@ -107,7 +107,7 @@ def calibration_for(src: str, model: SourceModel, calib, n_tokens: int, signal: 
         return None
     if n_tokens <= 0:
         raise InputError(f"--calib-tokens must be positive, got {n_tokens}")
-    folder = _hf_folder(src)
+    folder = hf_folder(src)
     flag = needs if needs and calib is None else "--calib"
     if folder is None:
         if asked:

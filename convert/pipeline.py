@@ -36,19 +36,24 @@ way; calibration and GPTQ hold one decoder layer (and its Hessians) at a time.
 """
 from __future__ import annotations
 
+import re
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeslim.errors import InputError
+from edgeslim.errors import FitError, InputError
 from edgeslim.inspect import allocation_summary
 from edgeslim.targets import DEFAULT_CTX, Target, get_target
 
 from .allocate import DEFAULT_SIGNAL
 from .analyze import family_types
 from .budget import candidate_types, make_budget, matrices, plan_to_budget
+from .arch import arch_for_config
 from .gptq_pass import gptq_stream
-from .measure import (Importance, analyze_matrices, calibration_for, calibration_record, measure_importance,
+from .hf import read_config
+from .measure import (Importance, hf_folder, analyze_matrices, calibration_for, calibration_record, measure_importance,
                       measure_owl)
 from .model import SourceModel
 from .output_guard import refuse_source_overwrite
@@ -57,6 +62,7 @@ from .prune import Pruning, make_pruning, note_sparse, prune_record
 from .report import build_report
 from .source import open_source
 from .transform import round_to_nearest
+from .widen import widen_refusal, widening_for, write_widened
 from .write import prune_key, write_gguf
 
 __all__ = ["convert", "open_source", "conversion_mode", "use_gptq", "BUDGETS"]
@@ -72,7 +78,7 @@ def convert(src: str, out: str | Path, quant: str | None = None, family: str | N
             calib_tokens: int = DEFAULT_CALIB_TOKENS, gptq: bool | None = None, group: int = 64,
             force: bool = False, progress: bool | None = None, prune: str | None = None,
             sparsity: float | None = None, pattern: str | None = None, owl: float | None = None,
-            prune_choice: bool = False) -> dict:
+            prune_choice: bool = False, widen: bool | None = None) -> dict:
     """Convert `src` to the GGUF file `out`; returns the report stored in `edgeslim.report`.
 
     quant: one type for every matrix (default F16 when no budget is given).
@@ -87,6 +93,10 @@ def convert(src: str, out: str | Path, quant: str | None = None, family: str | N
     (default), 2:4, 4:8) and stored in sparse types (edgeslim/quants/sparse.py); owl: OWL's
     lambda for per-layer sparsity (unstructured); prune_choice (with a budget): the allocator
     chooses per matrix between the dense types and the sparse ones by measured error per byte.
+    widen (with a budget; an HF folder of a Llama-shaped family): zero-pad the hidden (and FFN)
+    width to a multiple of 256 so K and IQ types fit every row (convert/widen.py, exact):
+    None (automatic) widens when the budget is below the unwidened model's smallest types,
+    True always, False never.
     FitError, before anything is written, when even the smallest types do not fit.
     """
     out = _check_output(out, force)
@@ -101,14 +111,23 @@ def convert(src: str, out: str | Path, quant: str | None = None, family: str | N
     if req.pruning is not None and req.pruning.choice and (mode not in BUDGETS or req.signal == "uniform"):
         raise InputError("--prune-choice lets the allocator choose dense or sparse per matrix: give --target, "
                          "--bpw or --size with a measuring --allocate signal")
+    if widen is not None and mode not in BUDGETS:
+        raise InputError("--widen pads the model so a budget's smaller types fit; add --target, --bpw or --size")
     model = open_source(src)
+    scratch = None
     try:
+        wide = _fit_budget(src, model, req, widen, out.parent) if mode in BUDGETS else None
+        if wide is not None:
+            model.close()
+            src, model, scratch, widening = wide
         cal = calibration_for(src, model, calib, calib_tokens, req.signal if mode in BUDGETS else None, bool(gptq),
                               req.pruning.method if req.pruning else None)
         gptq = use_gptq(gptq, mode, cal, req.pruning)
         planned, imp = _plan_budget(model, cal, req) if mode in BUDGETS else _plan_uniform(model, cal, req)
         plan = planned.plan
         extra = dict(planned.extra, calibration=calibration_record(cal, imp), gptq=bool(gptq))
+        if scratch is not None:
+            extra["widened"] = widening.record()
         if req.pruning is not None:
             extra["prune"] = prune_record(req.pruning, plan)
             note_sparse(plan)
@@ -119,6 +138,81 @@ def convert(src: str, out: str | Path, quant: str | None = None, family: str | N
                           planned.report_size)
     finally:
         model.close()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _budget_error(model: SourceModel, req: "_Request") -> FitError | None:
+    """The FitError `make_budget` raises for this model and request, None when it fits."""
+    types = family_types(req.family, req.group, top_f16=req.mode != "target", lowest=req.lowest)
+    mats, fixed = matrices(model)
+    try:
+        make_budget(model, mats, fixed, candidate_types(mats, types, req.pruning), req.family, req.mode, req.value,
+                    req.tgt, req.ctx, prune_key(req.pruning.record() if req.pruning else None))
+    except FitError as err:
+        return err
+    return None
+
+
+def _fit_budget(src: str, model: SourceModel, req: "_Request", widen: bool | None, where: Path):
+    """Make the budget reachable. When the smallest types do not fit (or `widen` is True), a
+    Llama-shaped HF model is widened (convert/widen.py); the IQ1 types join the ladder
+    (`req.lowest`) when even that does not fit. Returns (widened folder, its SourceModel, the
+    scratch folder to remove, Widening), or None with the model kept; FitError when nothing fits."""
+    err = _budget_error(model, req)
+    if err is None and widen is not True:
+        return None
+    folder = hf_folder(src)
+    config = read_config(folder) if folder is not None else None
+    w = widening_for(config, arch_for_config(config)) if config is not None and widen is not False else None
+    if w is None:
+        if err is None:
+            why = widen_refusal(config, arch_for_config(config)) if config else "it is a GGUF file"
+            raise InputError(f"--widen: {src} cannot be widened: {why}")
+        _with_lowest(model, req, err)
+        return None
+    scratch = Path(tempfile.mkdtemp(prefix=".edgeslim-widen-", dir=where))
+    try:
+        write_widened(folder, scratch, arch_for_config(config), w, model.name)
+        wide = open_source(str(scratch))
+        wide.name, wide.source = model.name, model.source
+        n0, n1 = (sum(s.n_elements for s in matrices(m)[0]) for m in (model, wide))
+        if req.mode == "bpw":
+            req.value = float(req.value) * n0 / n1
+        if _budget_error(wide, req) is not None:
+            _with_lowest(wide, req, err, f"; widened ({w.describe()})", n0, n1)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    print(f"widening {model.name} ({w.describe()}, zero-padded, exact) so K and IQ types fit every row"
+          + (f": --bpw over the original {n0:,} matrix weights is {req.value:.3f} over the widened {n1:,}"
+             if req.mode == "bpw" else ""), file=sys.stderr)
+    return str(scratch), wide, scratch, w
+
+
+def _with_lowest(model: SourceModel, req: "_Request", err: FitError | None, how: str = "", n0: int = 1,
+                 n1: int = 1) -> None:
+    """Let the IQ1 types in (ggml family) when the budget needs them; FitError when even they do not fit."""
+    if req.family == "ggml":
+        req.lowest = True
+        err2 = _budget_error(model, req)
+        if err2 is None:
+            print("the budget needs the IQ1 types: IQ1_S and IQ1_M join the candidates", file=sys.stderr)
+            return
+    else:
+        err2 = _budget_error(model, req)
+    if not how:
+        raise err2
+    raise FitError(f"{err}{how} it still does not fit: {_rescaled(err2, req, n0, n1)}")
+
+
+def _rescaled(err: FitError, req: "_Request", n0: int, n1: int) -> str:
+    """A widened model's --bpw FitError in the original model's bits per weight."""
+    if req.mode != "bpw":
+        return str(err)
+    m = re.search(r"give --bpw ([0-9.]+) or more", str(err))
+    least = float(m.group(1)) * n1 / n0 if m else None
+    return f"its smallest types need {least:.2f} bits per original matrix weight" if least else str(err)
 
 
 @dataclass
@@ -135,12 +229,13 @@ class _Request:
     ctx: int
     progress: bool | None
     pruning: Pruning | None
+    lowest: bool = False  # the IQ1 types join the ladder (pipeline._fit_budget)
 
 
 def _plan_budget(model: SourceModel, cal, req: _Request) -> tuple[PlanResult, Importance]:
     """Budget (FitError before any work; with OWL after its measuring), measure, allocate; prints the
     fit report and the allocation."""
-    types = family_types(req.family, req.group, top_f16=req.mode != "target")
+    types = family_types(req.family, req.group, top_f16=req.mode != "target", lowest=req.lowest)
     mats, fixed = matrices(model)
     imp = None
     if req.pruning is not None and req.pruning.owl is not None:

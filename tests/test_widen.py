@@ -1,0 +1,69 @@
+"""Widening (convert/widen.py): a model zero-padded to a multiple of 256 computes the same function.
+
+The end-to-end budgets on a 576-wide model (widened below the 32-wide floor, scored by
+llama.cpp) are in test_odd_widths.py; here: the exactness, per family, and the refusals.
+"""
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import edgeslim  # noqa: E402
+from edgeslim.convert.pipeline import convert  # noqa: E402
+from edgeslim.convert.widen import Widening, widen_tensor  # noqa: E402
+from edgeslim.errors import FitError, InputError  # noqa: E402
+
+# hidden 320 -> 512 (ffn 320 -> 512 too), heads 5 x 64 (kv 1): the attention output stays 320 wide
+ODD = dict(hidden_size=320, intermediate_size=320, num_attention_heads=5, num_key_value_heads=1, head_dim=64)
+
+
+def test_widen_tensor_pads_by_role():
+    w = Widening(hidden=3, new_hidden=4, ffn=2, new_ffn=4)
+    norm = widen_tensor("blk.0.attn_norm.weight", np.array([1.0, 2.0, 3.0], np.float32), w)
+    assert np.allclose(norm, [np.sqrt(0.75), 2 * np.sqrt(0.75), 3 * np.sqrt(0.75), 0.0])
+    up = widen_tensor("blk.1.ffn_up.weight", np.ones((2, 3), np.float32), w)  # (ffn, hidden)
+    assert up.shape == (4, 4) and up[:2, :3].all() and not up[2:].any() and not up[:, 3].any()
+    out = widen_tensor("blk.1.attn_output.weight", np.ones((3, 5), np.float32), w)  # (hidden, heads * head_dim)
+    assert out.shape == (4, 5) and not out[3].any()
+    assert widen_tensor("blk.0.attn_q.bias", np.ones(5, np.float32), w).shape == (5,)
+    with pytest.raises(ValueError, match="expected 3"):
+        widen_tensor("token_embd.weight", np.ones((7, 5), np.float32), w)
+
+
+def _logits(path, ids) -> np.ndarray:
+    return np.asarray(edgeslim.load(path, backend="numpy", kv_dtype="float32").logits(ids), np.float64)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_widened_model_computes_the_same_logits(tiny_hf_model, tmp_path, kind):
+    """A budget that keeps every matrix F16, widened or not: the same logits (the norms' scaled
+    weights are the only rounding), and the widened file says hidden 512."""
+    folder = tiny_hf_model(kind, "spm", **ODD)
+    plain, wide = tmp_path / "plain.gguf", tmp_path / "wide.gguf"
+    convert(str(folder), plain, quant="F16", progress=False)
+    report = convert(str(folder), wide, bpw=40, widen=True, calib=False, progress=False)
+    assert report["widened"] == {"hidden": [320, 512], "ffn": [320, 512]}
+    assert {t.tensor_type.name for t in gguf.GGUFReader(wide).tensors if len(t.shape) == 2} == {"F16"}
+    model = edgeslim.load(wide, backend="numpy")
+    assert model.hparams.n_embd == 512 and model.hparams.n_head == 5
+    ids = list(range(3, 40))
+    a, b = _logits(plain, ids), _logits(wide, ids)
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".edgeslim-widen-")]  # scratch removed
+
+
+def test_no_widen_refuses_and_gemma_cannot_widen(tiny_hf_model, tmp_path):
+    folder = tiny_hf_model("llama", "spm", **ODD)
+    with pytest.raises(FitError, match="rows of 320"):
+        convert(str(folder), tmp_path / "o.gguf", bpw=3.0, widen=False, calib=False, progress=False)
+    with pytest.raises(InputError, match="--widen pads the model so a budget"):
+        convert(str(folder), tmp_path / "o.gguf", quant="Q4_0", widen=True, progress=False)
+    gemma = tiny_hf_model("gemma3", "spm", hidden_size=320, intermediate_size=512, num_attention_heads=2,
+                          num_key_value_heads=1, head_dim=64)
+    with pytest.raises(InputError, match="cannot be widened: the gemma3 family's norms or embedding"):
+        convert(str(gemma), tmp_path / "g.gguf", bpw=8, widen=True, calib=False, progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -239,7 +239,7 @@ def test_fit_error_below_the_smallest_types_before_any_work(llama, tmp_path, mon
 
     monkeypatch.setattr(measure, "analysis_pass", never)
     monkeypatch.setattr(calibrate, "collect", never)
-    smallest = min(candidates.family_types("ggml"), key=lambda t: quant_info(t).bpw)  # every row here is 256-wide
+    smallest = min(candidates.family_types("ggml", lowest=True), key=lambda t: quant_info(t).bpw)  # rows: 256-wide
     bits = f"{quant_info(smallest).bpw:.3f}"
     with pytest.raises(FitError, match=rf"--bpw 1.0 .*need .*{bits} bits per weight\): {smallest} .*100% of the "):
         convert(str(llama), tmp_path / "o.gguf", bpw=1.0, progress=False)

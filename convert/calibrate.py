@@ -127,7 +127,7 @@ def _tokenizer(folder: Path) -> tuple[Callable[[str], list[int]], list[int]]:
     elif (folder / "tokenizer.model").is_file():
         from transformers import AutoTokenizer
 
-        hf_tok = AutoTokenizer.from_pretrained(str(folder))
+        hf_tok = AutoTokenizer.from_pretrained(str(folder), config=_hf_config(folder, read_config(folder)))
 
         def encode(text: str, special: bool = False) -> list[int]:
             return list(hf_tok(text, add_special_tokens=special)["input_ids"])

@@ -19,6 +19,8 @@ A family class says, once:
     embed_scale               the embedding rows are multiplied by sqrt(n_embd)
     spm_space_prefix          SentencePiece dummy prefix written for the tokenizer (Gemma: False)
     FUSED                     tensors the numba runtime stacks into one matrix at load
+    free_head_dim             llama.cpp's graph for it takes n_embd != n_head * head_dim (its q and
+                              attention-output shapes follow head_dim, not n_embd)
 
 Constructed with an HF config dict (the converter) the object also answers metadata(),
 gguf_name()/hf_name(), transform()/untransform() and extra_tensors(); constructed without
@@ -101,6 +103,7 @@ class Family:
     activation = "silu"
     embed_scale = False
     spm_space_prefix: bool | None = None  # tokenizer.ggml.add_space_prefix the converter writes (None: the tokenizer's)
+    free_head_dim = False
     FUSED = {"attn_qkv": ("attn_q", "attn_k", "attn_v"), "ffn_gate_up": ("ffn_gate", "ffn_up")}
 
     def __init__(self, config: dict | None = None):

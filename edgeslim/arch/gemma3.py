@@ -69,6 +69,7 @@ class Gemma3(Family):
     norm_shift = 1.0
     activation = "gelu_tanh"
     embed_scale = True
+    free_head_dim = True
     spm_space_prefix = False  # llama.cpp's converter writes add_space_prefix = false for Gemma
 
     # -- runtime ---------------------------------------------------------------

@@ -54,6 +54,7 @@ class Llama(Family):
     hf_module, hf_prefix = "llama", "Llama"
     permute_qk = True
     rope_neox = False
+    free_head_dim = True  # llama.cpp's "llama" graph sizes q and the attention output by head_dim
 
     def extra_tensors(self) -> list[tuple[str, np.ndarray]]:
         if self.rope.get("rope_type") == "llama3":

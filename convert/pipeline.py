@@ -108,26 +108,21 @@ def convert(src: str, out: str | Path, quant: str | None = None, family: str | N
     req = _Request(mode, family, group, allocate or DEFAULT_SIGNAL, qtype, bpw if mode == "bpw" else size,
                    get_target(target) if target else None, ctx, progress,
                    make_pruning(prune, sparsity, pattern, owl, family, prune_choice))
-    if req.pruning is not None and req.pruning.choice and (mode not in BUDGETS or req.signal == "uniform"):
-        raise InputError("--prune-choice lets the allocator choose dense or sparse per matrix: give --target, "
-                         "--bpw or --size with a measuring --allocate signal")
-    if widen is not None and mode not in BUDGETS:
-        raise InputError("--widen pads the model so a budget's smaller types fit; add --target, --bpw or --size")
+    _check_request(req, widen)
     model = open_source(src)
     scratch = None
     try:
         wide = _fit_budget(src, model, req, widen, out.parent) if mode in BUDGETS else None
         if wide is not None:
             model.close()
-            src, model, scratch, widening = wide
+            src, model, scratch = wide
         cal = calibration_for(src, model, calib, calib_tokens, req.signal if mode in BUDGETS else None, bool(gptq),
                               req.pruning.method if req.pruning else None)
         gptq = use_gptq(gptq, mode, cal, req.pruning)
         planned, imp = _plan_budget(model, cal, req) if mode in BUDGETS else _plan_uniform(model, cal, req)
         plan = planned.plan
         extra = dict(planned.extra, calibration=calibration_record(cal, imp), gptq=bool(gptq))
-        if scratch is not None:
-            extra["widened"] = widening.record()
+        extra.update({"widened": req.widened} if req.widened else {})
         if req.pruning is not None:
             extra["prune"] = prune_record(req.pruning, plan)
             note_sparse(plan)
@@ -158,7 +153,8 @@ def _fit_budget(src: str, model: SourceModel, req: "_Request", widen: bool | Non
     """Make the budget reachable. When the smallest types do not fit (or `widen` is True), a
     Llama-shaped HF model is widened (convert/widen.py); the IQ1 types join the ladder
     (`req.lowest`) when even that does not fit. Returns (widened folder, its SourceModel, the
-    scratch folder to remove, Widening), or None with the model kept; FitError when nothing fits."""
+    scratch folder to remove; the widening recorded in `req.widened`), or None with the model kept;
+    FitError when nothing fits."""
     err = _budget_error(model, req)
     if err is None and widen is not True:
         return None
@@ -178,7 +174,7 @@ def _fit_budget(src: str, model: SourceModel, req: "_Request", widen: bool | Non
         wide.name, wide.source = model.name, model.source
         n0, n1 = (sum(s.n_elements for s in matrices(m)[0]) for m in (model, wide))
         if req.mode == "bpw":
-            req.value = float(req.value) * n0 / n1
+            req.value = round(float(req.value) * n0 / n1, 4)
         if _budget_error(wide, req) is not None:
             _with_lowest(wide, req, err, f"; widened ({w.describe()})", n0, n1)
     except BaseException:
@@ -187,7 +183,8 @@ def _fit_budget(src: str, model: SourceModel, req: "_Request", widen: bool | Non
     print(f"widening {model.name} ({w.describe()}, zero-padded, exact) so K and IQ types fit every row"
           + (f": --bpw over the original {n0:,} matrix weights is {req.value:.3f} over the widened {n1:,}"
              if req.mode == "bpw" else ""), file=sys.stderr)
-    return str(scratch), wide, scratch, w
+    req.widened = w.record()
+    return str(scratch), wide, scratch
 
 
 def _with_lowest(model: SourceModel, req: "_Request", err: FitError | None, how: str = "", n0: int = 1,
@@ -215,6 +212,15 @@ def _rescaled(err: FitError, req: "_Request", n0: int, n1: int) -> str:
     return f"its smallest types need {least:.2f} bits per original matrix weight" if least else str(err)
 
 
+def _check_request(req: "_Request", widen: bool | None) -> None:
+    """One-line errors for options that need a budget."""
+    if req.pruning is not None and req.pruning.choice and (req.mode not in BUDGETS or req.signal == "uniform"):
+        raise InputError("--prune-choice lets the allocator choose dense or sparse per matrix: give --target, "
+                         "--bpw or --size with a measuring --allocate signal")
+    if widen is not None and req.mode not in BUDGETS:
+        raise InputError("--widen pads the model so a budget's smaller types fit; add --target, --bpw or --size")
+
+
 @dataclass
 class _Request:
     """What the user asked for, checked: the mode and everything the plan passes read."""
@@ -230,6 +236,7 @@ class _Request:
     progress: bool | None
     pruning: Pruning | None
     lowest: bool = False  # the IQ1 types join the ladder (pipeline._fit_budget)
+    widened: dict | None = None  # the report's record of a widening (pipeline._fit_budget)
 
 
 def _plan_budget(model: SourceModel, cal, req: _Request) -> tuple[PlanResult, Importance]:

@@ -176,7 +176,7 @@ def _fit_budget(src: str, model: SourceModel, req: "_Request", widen: bool | Non
         if req.mode == "bpw":
             req.value = round(float(req.value) * n0 / n1, 4)
         if _budget_error(wide, req) is not None:
-            _with_lowest(wide, req, err, f"; widened ({w.describe()})", n0, n1)
+            _with_lowest(wide, req, err, f"widened ({w.describe()})", n0, n1)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
@@ -200,7 +200,7 @@ def _with_lowest(model: SourceModel, req: "_Request", err: FitError | None, how:
         err2 = _budget_error(model, req)
     if not how:
         raise err2
-    raise FitError(f"{err}{how} it still does not fit: {_rescaled(err2, req, n0, n1)}")
+    raise FitError(f"{f'{err}; ' if err else ''}{how} it still does not fit: {_rescaled(err2, req, n0, n1)}")
 
 
 def _rescaled(err: FitError, req: "_Request", n0: int, n1: int) -> str:

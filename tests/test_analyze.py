@@ -242,3 +242,21 @@ def test_analysis_modules_import_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "clean"
+
+
+def test_analysis_pass_on_threads_gives_the_one_thread_answer(monkeypatch):
+    """measure.analysis_pass analyzes matrices on several threads: same results, in input order."""
+    from edgeslim.convert import measure
+    from edgeslim.convert.model import TensorSpec
+
+    rng = np.random.default_rng(3)
+    ws = {f"blk.{i}.ffn_up.weight": rng.standard_normal((64, 256)).astype(np.float32) * (i + 1) for i in range(5)}
+    mats = [TensorSpec(n, w.shape, lambda w=w: w) for n, w in ws.items()]
+    types = ("IQ2_XXS", "Q4_K", "Q8_0")
+    got = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(measure, "ANALYSIS_WORKERS", workers)
+        got[workers] = measure.analysis_pass(mats, types, {}, progress=False)
+    assert [a.name for a in got[3]] == list(ws)
+    assert [(a.sse, a.stats) for a in got[1]] == [(a.sse, a.stats) for a in got[3]]
+    assert all(set(a.sse) == set(types) for a in got[3])

@@ -154,8 +154,7 @@ def analysis_pass(mats: list[TensorSpec], types, importance: dict, progress: boo
         return analyze_tensor(s.name, w, types, importance.get(s.name), prune_method=prune_method)
 
     out = []
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = max(1, min(cpus, ANALYSIS_WORKERS))
+    workers = min(ANALYSIS_WORKERS, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         for s, a in zip(mats, pool.map(one, mats)):
             out.append(a)

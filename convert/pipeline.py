@@ -36,7 +36,6 @@ way; calibration and GPTQ hold one decoder layer (and its Hessians) at a time.
 """
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 import tempfile
@@ -49,7 +48,7 @@ from edgeslim.targets import DEFAULT_CTX, Target, get_target
 
 from .allocate import DEFAULT_SIGNAL
 from .analyze import family_types
-from .budget import candidate_types, make_budget, matrices, plan_to_budget
+from .budget import candidate_types, make_budget, matrices, min_bytes, plan_to_budget
 from .arch import arch_for_config
 from .gptq_pass import gptq_stream
 from .hf import read_config
@@ -112,29 +111,34 @@ def convert(src: str, out: str | Path, quant: str | None = None, family: str | N
     model = open_source(src)
     scratch = None
     try:
-        wide = _fit_budget(src, model, req, widen, out.parent) if mode in BUDGETS else None
-        if wide is not None:
-            model.close()
-            src, model, scratch = wide
-        cal = calibration_for(src, model, calib, calib_tokens, req.signal if mode in BUDGETS else None, bool(gptq),
-                              req.pruning.method if req.pruning else None)
-        gptq = use_gptq(gptq, mode, cal, req.pruning)
-        planned, imp = _plan_budget(model, cal, req) if mode in BUDGETS else _plan_uniform(model, cal, req)
-        plan = planned.plan
-        extra = dict(planned.extra, calibration=calibration_record(cal, imp), gptq=bool(gptq))
-        extra.update({"widened": req.widened} if req.widened else {})
-        if req.pruning is not None:
-            extra["prune"] = prune_record(req.pruning, plan)
-            note_sparse(plan)
-        method = req.pruning.method if req.pruning else "magnitude"
-        converted = gptq_stream(plan, cal, imp.by_name, model.n_layers, method) if gptq else \
-            round_to_nearest(plan, imp.by_name, method)
-        return write_gguf(out, model, plan, planned.fit, family, extra, converted, force, progress,
-                          planned.report_size)
+        if mode in BUDGETS:
+            src, model, scratch = _fit_budget(src, model, req, widen, out.parent)
+        return _run(src, model, out, req, calib, calib_tokens, gptq, force)
     finally:
         model.close()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(src: str, model: SourceModel, out: Path, req: "_Request", calib, calib_tokens: int, gptq: bool | None,
+         force: bool) -> dict:
+    """Passes 2-5 of the module doc on an open model: calibrate, plan, transform, write."""
+    budget = req.mode in BUDGETS
+    cal = calibration_for(src, model, calib, calib_tokens, req.signal if budget else None, bool(gptq),
+                          req.pruning.method if req.pruning else None)
+    gptq = use_gptq(gptq, req.mode, cal, req.pruning)
+    planned, imp = _plan_budget(model, cal, req) if budget else _plan_uniform(model, cal, req)
+    plan = planned.plan
+    extra = dict(planned.extra, calibration=calibration_record(cal, imp), gptq=bool(gptq),
+                 **({"widened": req.widened} if req.widened else {}))
+    if req.pruning is not None:
+        extra["prune"] = prune_record(req.pruning, plan)
+        note_sparse(plan)
+    method = req.pruning.method if req.pruning else "magnitude"
+    converted = gptq_stream(plan, cal, imp.by_name, model.n_layers, method) if gptq else \
+        round_to_nearest(plan, imp.by_name, method)
+    return write_gguf(out, model, plan, planned.fit, req.family, extra, converted, force, req.progress,
+                      planned.report_size)
 
 
 def _budget_error(model: SourceModel, req: "_Request") -> FitError | None:
@@ -152,12 +156,12 @@ def _budget_error(model: SourceModel, req: "_Request") -> FitError | None:
 def _fit_budget(src: str, model: SourceModel, req: "_Request", widen: bool | None, where: Path):
     """Make the budget reachable. When the smallest types do not fit (or `widen` is True), a
     Llama-shaped HF model is widened (convert/widen.py); the IQ1 types join the ladder
-    (`req.lowest`) when even that does not fit. Returns (widened folder, its SourceModel, the
-    scratch folder to remove; the widening recorded in `req.widened`), or None with the model kept;
-    FitError when nothing fits."""
+    (`req.lowest`) when even that does not fit. Returns (source, its SourceModel, the scratch
+    folder to remove or None): the widened folder and model (the given model closed, the widening
+    recorded in `req.widened`), or what was given; FitError when nothing fits."""
     err = _budget_error(model, req)
     if err is None and widen is not True:
-        return None
+        return src, model, None
     folder = hf_folder(src)
     config = read_config(folder) if folder is not None else None
     w = widening_for(config, arch_for_config(config)) if config is not None and widen is not False else None
@@ -166,7 +170,7 @@ def _fit_budget(src: str, model: SourceModel, req: "_Request", widen: bool | Non
             why = widen_refusal(config, arch_for_config(config)) if config else "it is a GGUF file"
             raise InputError(f"--widen: {src} cannot be widened: {why}")
         _with_lowest(model, req, err)
-        return None
+        return src, model, None
     scratch = Path(tempfile.mkdtemp(prefix=".edgeslim-widen-", dir=where))
     try:
         write_widened(folder, scratch, arch_for_config(config), w, model.name)
@@ -176,7 +180,10 @@ def _fit_budget(src: str, model: SourceModel, req: "_Request", widen: bool | Non
         if req.mode == "bpw":
             req.value = round(float(req.value) * n0 / n1, 4)
         if _budget_error(wide, req) is not None:
-            _with_lowest(wide, req, err, f"widened ({w.describe()})", n0, n1)
+            try:
+                _with_lowest(wide, req, err, f"widened ({w.describe()})", n0)
+            finally:
+                wide.close()
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
@@ -184,32 +191,27 @@ def _fit_budget(src: str, model: SourceModel, req: "_Request", widen: bool | Non
           + (f": --bpw over the original {n0:,} matrix weights is {req.value:.3f} over the widened {n1:,}"
              if req.mode == "bpw" else ""), file=sys.stderr)
     req.widened = w.record()
+    model.close()
     return str(scratch), wide, scratch
 
 
-def _with_lowest(model: SourceModel, req: "_Request", err: FitError | None, how: str = "", n0: int = 1,
-                 n1: int = 1) -> None:
-    """Let the IQ1 types in (ggml family) when the budget needs them; FitError when even they do not fit."""
-    if req.family == "ggml":
-        req.lowest = True
-        err2 = _budget_error(model, req)
-        if err2 is None:
-            print("the budget needs the IQ1 types: IQ1_S and IQ1_M join the candidates", file=sys.stderr)
-            return
-    else:
-        err2 = _budget_error(model, req)
+def _with_lowest(model: SourceModel, req: "_Request", err: FitError | None, how: str = "", n0: int = 0) -> None:
+    """Let the IQ1 types in (ggml family) when the budget needs them; FitError when even they do not fit
+    (`how`: the widening tried, `n0`: the original model's matrix weights, for a --bpw floor)."""
+    req.lowest = req.family == "ggml"
+    err2 = _budget_error(model, req)
+    if err2 is None:
+        print("the budget needs the IQ1 types: IQ1_S and IQ1_M join the candidates", file=sys.stderr)
+        return
     if not how:
         raise err2
-    raise FitError(f"{f'{err}; ' if err else ''}{how} it still does not fit: {_rescaled(err2, req, n0, n1)}")
-
-
-def _rescaled(err: FitError, req: "_Request", n0: int, n1: int) -> str:
-    """A widened model's --bpw FitError in the original model's bits per weight."""
-    if req.mode != "bpw":
-        return str(err)
-    m = re.search(r"give --bpw ([0-9.]+) or more", str(err))
-    least = float(m.group(1)) * n1 / n0 if m else None
-    return f"its smallest types need {least:.2f} bits per original matrix weight" if least else str(err)
+    why = str(err2)
+    if req.mode == "bpw":
+        mats = matrices(model)[0]
+        need, _ = min_bytes(mats, candidate_types(mats, family_types(req.family, req.group, lowest=req.lowest),
+                                                  req.pruning))
+        why = f"its smallest types need {8 * need / n0:.2f} bits per original matrix weight"
+    raise FitError(f"{f'{err}; ' if err else ''}{how} it still does not fit: {why}")
 
 
 def _check_request(req: "_Request", widen: bool | None) -> None:
